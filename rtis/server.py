@@ -1,0 +1,262 @@
+"""The aiohttp application: routes, the error shape, and the lifecycle.
+
+``create_app(config)`` wires the parts together: the store's ``on_commit``
+callback publishes committed messages to the hub (and feeds the pipeline),
+so neither the store nor the pipeline imports the hub. Handlers are thin:
+they parse the request, call the pure ingest functions, and await the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from . import __version__
+from .config import Config, StreamConfig
+from .errors import BadRequest, NotFound, PayloadTooLarge, RtisError
+from .ingest import Limits, decode_body, invalid_error, prepare
+from .store import Committed, Store
+from .ws import Hub, WebSocketEndpoint
+
+log = logging.getLogger("rtis.server")
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)
+HUB = web.AppKey("hub", Hub)
+WS = web.AppKey("ws", WebSocketEndpoint)
+
+MAX_READ_LIMIT = 10_000
+DEFAULT_READ_LIMIT = 100
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(err: RtisError) -> web.Response:
+    headers = {}
+    if err.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(err.retry_after)))
+    return json_response(err.to_json(), err.status, headers)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every error, ours or aiohttp's, with the one error shape."""
+    try:
+        return await handler(request)
+    except RtisError as e:
+        return error_response(e)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        message = e.text or e.reason
+        if e.status == 413:
+            message = (
+                f"request body exceeds max_body_bytes = {request.app[CONFIG].server.max_body_bytes}"
+            )
+        elif e.status == 404:
+            message = f"no route for {request.method} {request.path}"
+        elif e.status == 405:
+            message = f"method {request.method} is not allowed on {request.path}"
+        err = RtisError(message, status=e.status, code=_HTTP_CODES.get(e.status, "http_error"))
+        resp = error_response(err)
+        if e.status == 405 and "Allow" in e.headers:
+            resp.headers["Allow"] = e.headers["Allow"]
+        return resp
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(RtisError("internal error; see the server log"))
+
+
+# -- handlers -----------------------------------------------------------------
+
+
+async def post_events(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    name = request.match_info["stream"]
+    stream: StreamConfig | None = config.streams.get(name)
+    if stream is None:
+        known = ", ".join(sorted(config.streams))
+        raise NotFound(f"no stream {name!r} (streams: {known})", code="unknown_stream")
+    limit = config.server.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"body of {request.content_length} bytes exceeds max_body_bytes = {limit}"
+        )
+    body = await request.read()
+    limits = Limits(max_body_bytes=limit, max_batch_events=config.server.max_batch_events)
+    decoded = decode_body(
+        body,
+        content_type=request.headers.get("Content-Type"),
+        content_encoding=request.headers.get("Content-Encoding"),
+        headers=request.headers,
+        limits=limits,
+    )
+    events, invalid = prepare(decoded, stream, int(time.time() * 1000))
+    if invalid and stream.on_invalid == "reject":
+        raise invalid_error(name, invalid, len(decoded.events))
+    result = await request.app[STORE].append(name, events, invalid)
+    return json_response(result.to_json(), status=202)
+
+
+async def health(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    if store.closed:
+        raise RtisError("the store is shutting down", status=503, code="not_ready", retry_after=1)
+    return json_response({"status": "ready"})
+
+
+async def list_topics(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    hub = request.app[HUB]
+    topics = []
+    for info in await store.topic_infos():
+        topics.append(
+            {
+                "name": info.name,
+                "kind": info.kind,
+                "last_offset": hub.heads.get(info.name, info.last_offset),
+                "first_offset": info.first_offset,
+                "subscribers": hub.subscriber_count(info.name),
+                "rate": round(hub.rate(info.name), 3),
+            }
+        )
+    return json_response({"topics": topics})
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"query parameter {name!r} must be an integer, got {raw!r}",
+                         code="bad_parameter") from None
+    if not low <= value <= high:
+        raise BadRequest(f"query parameter {name!r} must be between {low} and {high}, got {value}",
+                         code="bad_parameter")
+    return value
+
+
+async def topic_messages(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    topic = request.match_info["topic"]
+    if topic not in store.topics():
+        raise NotFound(f"no topic {topic!r}", code="unknown_topic")
+    since = _int_param(request, "since", 0, 0, 2**63 - 1)
+    limit = _int_param(request, "limit", DEFAULT_READ_LIMIT, 1, MAX_READ_LIMIT)
+    messages = await store.read_messages(topic, since, limit)
+    head = request.app[HUB].heads.get(topic, store.last_offset(topic))
+    body = b'{"topic":%s,"events":[%s],"last_offset":%d}' % (
+        orjson.dumps(topic),
+        b",".join(m.to_json() for m in messages),
+        head,
+    )
+    return web.Response(body=body, content_type="application/json")
+
+
+# -- lifecycle ----------------------------------------------------------------
+
+
+def _topics(config: Config) -> list[tuple[str, str]]:
+    return [(n, "stream") for n in config.streams] + [(n, "query") for n in config.queries]
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    hub = Hub({})
+
+    def on_commit(batches: list[Committed]) -> None:
+        hub.publish(batches)
+
+    store = Store(
+        config.database_path(),
+        durability=config.server.durability,
+        max_pending_events=config.server.max_pending_events,
+        on_commit=on_commit,
+    )
+    await store.start(_topics(config))
+    hub.heads.update({t: store.last_offset(t) for t in store.topics()})
+    app[STORE] = store
+    app[HUB] = hub
+    app[WS] = WebSocketEndpoint(
+        store,
+        hub,
+        max_queued=config.server.max_queued_messages,
+        heartbeat=config.server.heartbeat_interval,
+        compile_filter=_compile_filter,
+    )
+    log.info(
+        "rtis %s: database %s, streams %s, queries %s",
+        __version__,
+        config.database_path(),
+        ", ".join(config.streams) or "none",
+        ", ".join(config.queries) or "none",
+    )
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+def _compile_filter(text: str) -> Callable[[dict[str, Any]], bool]:
+    from .sql import compile_condition
+
+    return compile_condition(text)
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    if WS in app:
+        await app[WS].close_all()
+
+
+async def _ws(request: web.Request) -> web.StreamResponse:
+    return await request.app[WS].handle(request)
+
+
+def create_app(config: Config) -> web.Application:
+    """Build the application for ``config``; the store opens when the app starts."""
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=config.server.max_body_bytes,
+        # ingest.decode_body gunzips with a hard cap (a gzip bomb never allocates
+        # more than max_body_bytes) and reports corrupt gzip as a 400 itself.
+        handler_args={"auto_decompress": False},
+    )
+    app[CONFIG] = config
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_on_shutdown)
+    app.router.add_post("/events/{stream}", post_events)
+    app.router.add_get("/ws", _ws)
+    app.router.add_get("/health", health)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/api/topics", list_topics)
+    app.router.add_get("/api/topics/{topic}/messages", topic_messages)
+    return app

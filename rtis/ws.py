@@ -1,0 +1,478 @@
+"""The WebSocket hub: subscriptions, per-connection send queues, and the ``/ws`` pump.
+
+Publishing (:meth:`Hub.publish`) is synchronous and never waits for a client:
+a batch of committed messages is serialised once per topic, then handed to
+each subscriber's connection with a non-blocking put. Each connection has one
+sender task that takes everything waiting and coalesces it into as few
+``events`` frames as possible. A connection whose queue passes
+``max_queued_messages`` is closed with 4408 (it resumes with ``since``), so a
+stalled client costs the others nothing.
+
+Resuming with ``since``: the subscription is registered first but not yet
+live; history is read from the store until the subscription has sent
+everything up to the hub's last *published* offset of the topic, and then -
+with no ``await`` between the check and the switch - it goes live. Every
+published message is already committed, so nothing falls in between, and
+live messages at or below the last offset sent are skipped, so nothing is
+repeated. No live buffer is needed, so catching up costs bounded memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from .protocol import (
+    CLOSE_BAD_MESSAGE,
+    CLOSE_GOING_AWAY,
+    CLOSE_TOO_SLOW,
+    Auth,
+    Ping,
+    ProtocolError,
+    Subscribe,
+    Unsubscribe,
+    error_frame,
+    events_frame,
+    parse_command,
+    reply,
+)
+from .store import Committed, Message, Store
+
+log = logging.getLogger("rtis.ws")
+
+HISTORY_PAGE = 1000
+MAX_FRAME_BYTES = 1 << 20  # coalesce up to about this much into one frame
+CLOSE_TIMEOUT = 2.0
+RATE_WINDOW = 10  # seconds over which topic rates are averaged
+
+Filter = Callable[[dict[str, Any]], bool]
+
+
+class Connection:
+    """One client connection's send side: a bounded queue and a sender task."""
+
+    def __init__(self, ws: web.WebSocketResponse, max_queued: int) -> None:
+        self.ws = ws
+        self.max_queued = max_queued
+        # items: (topic_json, chunk, count) for events, or (None, frame, 0) for replies
+        self._queue: deque[tuple[bytes | None, bytes, int]] = deque()
+        self.queued = 0  # messages waiting
+        self._wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.closing = False
+        self.subscriptions: dict[str, Subscription] = {}
+        self.frames_sent = 0
+        self.messages_sent = 0
+        self._sender = asyncio.create_task(self._send_loop(), name="rtis-ws-sender")
+
+    # -- enqueueing (never blocks) ---------------------------------------------
+
+    def send_reply(self, frame: bytes) -> None:
+        if self.closing:
+            return
+        self._queue.append((None, frame, 0))
+        self._wakeup.set()
+
+    def send_events(self, topic_json: bytes, chunk: bytes, count: int) -> None:
+        """Queue ``count`` messages; close the connection (4408) if it is too far behind."""
+        if self.closing:
+            return
+        if self.queued + count > self.max_queued:
+            self.close_soon(
+                CLOSE_TOO_SLOW,
+                f"too slow: more than {self.max_queued} messages waiting; resume with since",
+            )
+            return
+        self._queue.append((topic_json, chunk, count))
+        self.queued += count
+        if self.queued * 2 > self.max_queued:
+            self._room.clear()
+        self._wakeup.set()
+
+    async def send_history(self, topic_json: bytes, chunk: bytes, count: int) -> None:
+        """Queue history, first waiting until the queue is at most half full."""
+        while not self._room.is_set() and not self.closing:
+            await self._room.wait()
+        self.send_events(topic_json, chunk, count)
+
+    # -- the sender task ---------------------------------------------------------
+
+    async def _send_loop(self) -> None:
+        ws = self.ws
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._queue:
+                    frame, count = self._next_frame()
+                    await ws.send_frame(frame, WSMsgType.TEXT)
+                    self.frames_sent += 1
+                    self.messages_sent += count
+                    if count:
+                        self.queued -= count
+                        if self.queued * 2 <= self.max_queued:
+                            self._room.set()
+        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+            pass
+        finally:
+            self.closing = True
+            self._room.set()
+
+    def _next_frame(self) -> tuple[bytes, int]:
+        """Pop the next reply, or coalesce consecutive events of one topic into one frame."""
+        topic_json, chunk, count = self._queue.popleft()
+        if topic_json is None:
+            return chunk, 0
+        chunks = [chunk]
+        size = len(chunk)
+        queue = self._queue
+        while queue and queue[0][0] == topic_json and size < MAX_FRAME_BYTES:
+            _, c, n = queue.popleft()
+            chunks.append(c)
+            size += len(c)
+            count += n
+        return events_frame(topic_json, chunks), count
+
+    # -- closing -----------------------------------------------------------------
+
+    def close_soon(self, code: int, message: str) -> None:
+        """Close without waiting: used from publish, which must never block."""
+        if self.closing:
+            return
+        self.closing = True
+        self._room.set()
+        self._queue.clear()
+        asyncio.get_running_loop().create_task(self.close(code, message))
+
+    async def close(self, code: int, message: str) -> None:
+        self.closing = True
+        self._sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sender
+        try:
+            await asyncio.wait_for(
+                self.ws.close(code=code, message=message.encode()[:120]), CLOSE_TIMEOUT
+            )
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
+        # A client that stopped reading cannot take the close frame: drop it.
+        transport = self.ws._writer.transport if self.ws._writer is not None else None  # noqa: SLF001
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+
+    async def drain_and_stop(self) -> None:
+        """Stop the sender task (the socket is closing)."""
+        self.closing = True
+        self._sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sender
+
+
+class Subscription:
+    """One connection's subscription to one topic."""
+
+    __slots__ = ("conn", "filter", "last_sent", "live", "topic", "topic_json")
+
+    def __init__(self, conn: Connection, topic: str, filter: Filter | None) -> None:
+        self.conn = conn
+        self.topic = topic
+        self.topic_json = orjson.dumps(topic)
+        self.filter = filter
+        self.live = False
+        self.last_sent = 0
+
+    def deliver(self, messages: list[Message], chunk: bytes, parsed: list[Any] | None) -> None:
+        """Hand live messages to the connection (called by publish, never blocks)."""
+        if not self.live:
+            return
+        if messages[0].offset <= self.last_sent:
+            messages = [m for m in messages if m.offset > self.last_sent]
+            if not messages:
+                return
+            chunk = b",".join(m.to_json() for m in messages)
+            parsed = None
+        if self.filter is not None:
+            if parsed is None or len(parsed) != len(messages):
+                parsed = [orjson.loads(m.data) for m in messages]
+            selected = select(messages, parsed, self.filter)
+            self.last_sent = messages[-1].offset
+            if not selected:
+                return
+            if len(selected) != len(messages):
+                chunk = b",".join(m.to_json() for m in selected)
+            messages = selected
+        self.last_sent = messages[-1].offset
+        self.conn.send_events(self.topic_json, chunk, len(messages))
+
+
+def select(messages: list[Message], parsed: list[Any], where: Filter) -> list[Message]:
+    """The messages whose data satisfies ``where``; errors count as not matching."""
+    out = []
+    for m, data in zip(messages, parsed, strict=True):
+        try:
+            if where(data):
+                out.append(m)
+        except Exception:
+            continue
+    return out
+
+
+class Hub:
+    """Topic -> subscriptions, and the last published offset of each topic."""
+
+    def __init__(self, heads: dict[str, int]) -> None:
+        self.heads = dict(heads)  # last published offset per topic
+        self._subs: dict[str, set[Subscription]] = {}
+        self.connections: set[Connection] = set()
+        self.messages_published = 0
+        self._rates: dict[str, deque[list[int]]] = {}  # topic -> [second, count] buckets
+
+    def rate(self, topic: str, window: int = RATE_WINDOW) -> float:
+        """Messages per second published on ``topic`` over the last ``window`` seconds."""
+        buckets = self._rates.get(topic)
+        if not buckets:
+            return 0.0
+        since = int(time.monotonic()) - window
+        return sum(n for sec, n in buckets if sec >= since) / window
+
+    def _count(self, topic: str, n: int) -> None:
+        now = int(time.monotonic())
+        buckets = self._rates.get(topic)
+        if buckets is None:
+            buckets = self._rates[topic] = deque()
+        if buckets and buckets[-1][0] == now:
+            buckets[-1][1] += n
+        else:
+            buckets.append([now, n])
+            while buckets[0][0] < now - RATE_WINDOW:
+                buckets.popleft()
+
+    def add(self, sub: Subscription) -> None:
+        self._subs.setdefault(sub.topic, set()).add(sub)
+
+    def remove(self, sub: Subscription) -> None:
+        subs = self._subs.get(sub.topic)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.topic]
+
+    def subscriber_count(self, topic: str | None = None) -> int:
+        if topic is not None:
+            return len(self._subs.get(topic, ()))
+        return sum(len(s) for s in self._subs.values())
+
+    def publish(self, batches: Iterable[Committed]) -> None:
+        """Broadcast committed messages: serialise once per topic, never wait."""
+        for batch in batches:
+            messages = batch.messages
+            if not messages:
+                continue
+            self.heads[batch.topic] = messages[-1].offset
+            self.messages_published += len(messages)
+            self._count(batch.topic, len(messages))
+            subs = self._subs.get(batch.topic)
+            if not subs:
+                continue
+            chunk = b",".join(m.to_json() for m in messages)
+            parsed: list[Any] | None = None
+            for sub in list(subs):
+                if sub.filter is not None and parsed is None:
+                    parsed = [orjson.loads(m.data) for m in messages]
+                sub.deliver(messages, chunk, parsed)
+
+
+async def catch_up(sub: Subscription, since: int, store: Store, hub: Hub) -> None:
+    """Send retained messages after ``since``, then switch ``sub`` to live."""
+    sub.last_sent = since
+    conn = sub.conn
+    while not conn.closing:
+        head = hub.heads.get(sub.topic, 0)
+        if sub.last_sent >= head:
+            sub.live = True  # no await since the check: nothing published in between
+            return
+        # May read past ``head`` (committed, not yet published): the live
+        # path then skips those offsets, as they are <= last_sent.
+        messages = await store.read_messages(sub.topic, sub.last_sent, HISTORY_PAGE)
+        if not messages:
+            sub.last_sent = head  # purged by retention meanwhile
+            continue
+        selected = messages
+        if sub.filter is not None:
+            selected = select(messages, [orjson.loads(m.data) for m in messages], sub.filter)
+        if selected:
+            chunk = b",".join(m.to_json() for m in selected)
+            await conn.send_history(sub.topic_json, chunk, len(selected))
+        sub.last_sent = messages[-1].offset
+
+
+def recovered(since: int, first: int | None, last: int) -> bool:
+    """Whether every message after ``since`` is still retained."""
+    if since >= last:
+        return True
+    if first is None:
+        return False
+    return first <= since + 1
+
+
+class WebSocketEndpoint:
+    """The ``/ws`` handler: reads client frames and drives subscriptions."""
+
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        *,
+        max_queued: int,
+        heartbeat: float,
+        compile_filter: Callable[[str], Filter],
+        max_subscriptions: int = 100,
+        max_frame_bytes: int = 64 * 1024,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.max_queued = max_queued
+        self.heartbeat = heartbeat
+        self.compile_filter = compile_filter
+        self.max_subscriptions = max_subscriptions
+        self.max_frame_bytes = max_frame_bytes
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(
+            heartbeat=self.heartbeat,
+            compress=False,  # frames are shared by many subscribers; deflate would be per client
+            max_msg_size=self.max_frame_bytes,
+        )
+        await ws.prepare(request)
+        conn = Connection(ws, self.max_queued)
+        self.hub.connections.add(conn)
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
+                    try:
+                        self._handle_command(conn, parse_command(msg.data))
+                    except ProtocolError as e:
+                        conn.send_reply(error_frame("bad_message", e.message))
+                        await self._flush_then_close(conn, e.close_code, e.message)
+                        break
+                elif msg.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self.hub.connections.discard(conn)
+            for sub in conn.subscriptions.values():
+                self.hub.remove(sub)
+            conn.subscriptions.clear()
+            await conn.drain_and_stop()
+        return ws
+
+    async def _flush_then_close(self, conn: Connection, code: int, message: str) -> None:
+        for _ in range(20):
+            if not conn._queue:  # noqa: SLF001
+                break
+            await asyncio.sleep(0.005)
+        await conn.close(code, message)
+
+    def _handle_command(self, conn: Connection, cmd: Any) -> None:
+        if isinstance(cmd, Ping):
+            conn.send_reply(reply("pong", cmd.id))
+        elif isinstance(cmd, Subscribe):
+            self._subscribe(conn, cmd)
+        elif isinstance(cmd, Unsubscribe):
+            sub = conn.subscriptions.pop(cmd.topic, None)
+            if sub is None:
+                conn.send_reply(
+                    error_frame("not_subscribed", f"not subscribed to {cmd.topic!r}", cmd.id)
+                )
+                return
+            sub.live = False
+            self.hub.remove(sub)
+            conn.send_reply(reply("unsubscribed", cmd.id, topic=cmd.topic))
+        elif isinstance(cmd, Auth):
+            conn.send_reply(reply("authenticated", cmd.id))
+        else:  # pragma: no cover - parse_command returns only the above
+            raise ProtocolError("unknown command", CLOSE_BAD_MESSAGE)
+
+    def _subscribe(self, conn: Connection, cmd: Subscribe) -> None:
+        topics = self.store.topics()
+        if cmd.topic not in topics:
+            known = ", ".join(sorted(topics)) or "none"
+            conn.send_reply(
+                error_frame("unknown_topic", f"no topic {cmd.topic!r} (topics: {known})", cmd.id)
+            )
+            return
+        if cmd.topic in conn.subscriptions:
+            conn.send_reply(
+                error_frame("already_subscribed", f"already subscribed to {cmd.topic!r}", cmd.id)
+            )
+            return
+        if len(conn.subscriptions) >= self.max_subscriptions:
+            conn.send_reply(
+                error_frame(
+                    "too_many_subscriptions",
+                    f"a connection may hold at most {self.max_subscriptions} subscriptions",
+                    cmd.id,
+                )
+            )
+            return
+        filter: Filter | None = None
+        if cmd.where is not None:
+            try:
+                filter = self.compile_filter(cmd.where)
+            except ValueError as e:
+                conn.send_reply(error_frame("bad_where", str(e), cmd.id))
+                return
+        sub = Subscription(conn, cmd.topic, filter)
+        conn.subscriptions[cmd.topic] = sub
+        self.hub.add(sub)
+        head = self.hub.heads.get(cmd.topic, 0)
+        if cmd.since is None:
+            sub.last_sent = head
+            sub.live = True
+            conn.send_reply(
+                reply("subscribed", cmd.id, topic=cmd.topic, offset=head, recovered=True)
+            )
+            return
+        task = asyncio.get_running_loop().create_task(self._resume(conn, sub, cmd, head))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _resume(self, conn: Connection, sub: Subscription, cmd: Subscribe, head: int) -> None:
+        try:
+            since = min(cmd.since or 0, head) if cmd.since is not None else head
+            first = await self.store.first_offset(cmd.topic)
+            conn.send_reply(
+                reply(
+                    "subscribed",
+                    cmd.id,
+                    topic=cmd.topic,
+                    offset=head,
+                    recovered=recovered(since, first, head),
+                )
+            )
+            await catch_up(sub, since, self.store, self.hub)
+        except Exception as e:
+            log.exception("resuming %s failed", cmd.topic)
+            conn.send_reply(error_frame("resume_failed", f"could not read history: {e}", cmd.id))
+
+    async def close_all(self) -> None:
+        """Close every connection with 1001 (server shutting down)."""
+        for task in list(self._tasks):
+            task.cancel()
+        conns = list(self.hub.connections)
+        await asyncio.gather(
+            *(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in conns),
+            return_exceptions=True,
+        )
+
+
+__all__ = ["CLOSE_GOING_AWAY", "Hub", "WSCloseCode", "WebSocketEndpoint"]
