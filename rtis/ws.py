@@ -72,6 +72,9 @@ class Connection:
         self.subscriptions: dict[str, Subscription] = {}
         self.frames_sent = 0
         self.messages_sent = 0
+        self.handler_task = asyncio.current_task()
+        self._close_task: asyncio.Task[None] | None = None
+        self.close_code: int | None = None  # the code we closed with, if we closed
         self._sender = asyncio.create_task(self._send_loop(), name="rtis-ws-sender")
 
     # -- enqueueing (never blocks) ---------------------------------------------
@@ -121,8 +124,11 @@ class Connection:
                         self.queued -= count
                         if self.queued * 2 <= self.max_queued:
                             self._room.set()
-        except (ConnectionError, RuntimeError, asyncio.CancelledError):
+        except asyncio.CancelledError:
             pass
+        except Exception as e:  # the peer went away or the socket broke
+            log.warning("WebSocket send failed: %r", e)
+            self.close_soon(1011, "send failed")
         finally:
             self.closing = True
             self._room.set()
@@ -149,25 +155,42 @@ class Connection:
         if self.closing:
             return
         self.closing = True
+        self.close_code = code
         self._room.set()
         self._queue.clear()
-        asyncio.get_running_loop().create_task(self.close(code, message))
+        self._close_task = asyncio.get_running_loop().create_task(self.close(code, message))
 
     async def close(self, code: int, message: str) -> None:
+        """Send a close frame (best effort), end the handler, and make sure the
+        socket goes away even if the peer never reads again."""
         self.closing = True
+        if self.close_code is None:
+            self.close_code = code
         self._sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._sender
         try:
-            await asyncio.wait_for(
-                self.ws.close(code=code, message=message.encode()[:120]), CLOSE_TIMEOUT
-            )
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.ws.close(code=code, message=message.encode()[:120])
         except (TimeoutError, ConnectionError, RuntimeError):
             pass
-        # A client that stopped reading cannot take the close frame: drop it.
-        transport = self.ws._writer.transport if self.ws._writer is not None else None  # noqa: SLF001
-        if transport is not None and not transport.is_closing():
-            transport.abort()
+        except asyncio.CancelledError:
+            # aiohttp's close() turns a cancelled drain into CancelledError; only
+            # propagate it if this task itself is being cancelled.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+        # The close frame sits behind whatever the peer has not read; a peer
+        # that never reads again is dropped after CLOSE_TIMEOUT.
+        writer = self.ws._writer  # noqa: SLF001 - no public access to the transport
+        transport = writer.transport if writer is not None else None
+        if transport is not None:
+            asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
+        # aiohttp's receive() does not wake up when the socket is stuck: end
+        # the handler so that its ``finally`` unregisters the subscriptions.
+        task = self.handler_task
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
 
     async def drain_and_stop(self) -> None:
         """Stop the sender task (the socket is closing)."""
@@ -364,6 +387,11 @@ class WebSocketEndpoint:
                     except ProtocolError as e:
                         conn.send_reply(error_frame("bad_message", e.message))
                         await self._flush_then_close(conn, e.close_code, e.message)
+                        break
+                    except Exception:
+                        log.exception("internal error on a WebSocket connection")
+                        conn.send_reply(error_frame("internal_error", "internal error"))
+                        await self._flush_then_close(conn, 1011, "internal error")
                         break
                 elif msg.type == WSMsgType.ERROR:
                     break
