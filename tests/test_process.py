@@ -1,0 +1,199 @@
+"""Claims about processes, tested with real ``rtis serve`` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .procs import Server
+
+CONFIG = """
+[server]
+database = "data.db"
+
+[streams.orders]
+dedupe_key = "id"
+"""
+
+
+def write_config(tmp_path: Path, text: str = CONFIG) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+async def read_all(session: aiohttp.ClientSession, url: str, topic: str) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+    since = 0
+    while True:
+        async with session.get(f"{url}/api/topics/{topic}/messages?since={since}&limit=10000") as r:
+            body = await r.json()
+        if not body["events"]:
+            return events
+        events.extend(body["events"])
+        since = body["events"][-1]["offset"]
+
+
+async def test_every_acknowledged_event_survives_kill_9_at_its_offset(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    server = Server(["--config", str(cfg)], tmp_path)
+    acked: dict[int, dict[str, Any]] = {}
+    async with aiohttp.ClientSession() as session:
+
+        async def producer(worker: int) -> None:
+            for batch in range(30):
+                events = [{"id": f"{worker}-{batch}-{i}", "w": worker} for i in range(20)]
+                async with session.post(
+                    f"{server.url}/events/orders",
+                    data=orjson.dumps(events),
+                    headers={"Content-Type": "application/json"},
+                ) as r:
+                    assert r.status == 202
+                    result = await r.json()
+                for k, ev in enumerate(events):
+                    acked[result["first_offset"] + k] = ev
+
+        await asyncio.gather(*(producer(w) for w in range(8)))
+        server.kill9()  # right after the last acknowledgement
+        assert len(acked) == 8 * 30 * 20
+
+        restarted = Server(["--config", str(cfg)], tmp_path)
+        try:
+            stored = await read_all(session, restarted.url, "orders")
+            by_offset = {e["offset"]: e["data"] for e in stored}
+            assert by_offset == acked
+            assert sorted(by_offset) == list(range(1, len(acked) + 1))
+            # Offsets continue after the restart, and dedupe keys were kept.
+            again = [acked[1], {"id": "new"}]
+            async with session.post(
+                f"{restarted.url}/events/orders",
+                data=orjson.dumps(again),
+                headers={"Content-Type": "application/json"},
+            ) as r:
+                assert await r.json() == {
+                    "accepted": 1,
+                    "duplicates": 1,
+                    "first_offset": len(acked) + 1,
+                    "last_offset": len(acked) + 1,
+                }
+        finally:
+            assert restarted.stop() == 0
+
+
+async def test_sigterm_commits_in_flight_requests_and_closes_websockets_with_1001(
+    tmp_path: Path,
+) -> None:
+    cfg = write_config(tmp_path)
+    server = Server(["--config", str(cfg)], tmp_path)
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"{server.url}/ws")
+        await ws.send_json({"op": "subscribe", "topic": "orders"})
+        assert (await ws.receive_json(timeout=5))["op"] == "subscribed"
+
+        async def post(i: int) -> int:
+            async with session.post(
+                f"{server.url}/events/orders",
+                data=orjson.dumps([{"id": f"{i}-{k}"} for k in range(50)]),
+                headers={"Content-Type": "application/json"},
+            ) as r:
+                assert r.status == 202
+                body = await r.json()
+                return int(body["last_offset"])
+
+        async def read_until_closed() -> None:
+            while True:
+                msg = await ws.receive(timeout=10)
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    return
+
+        reader = asyncio.create_task(read_until_closed())
+        posts = [asyncio.create_task(post(i)) for i in range(20)]
+        await asyncio.sleep(0.02)
+        server.proc.send_signal(signal.SIGTERM)
+        results = await asyncio.gather(*posts, return_exceptions=True)
+        acked = [r for r in results if isinstance(r, int)]
+        await reader
+        assert ws.close_code == 1001
+        assert server.stop() == 0
+        assert acked, "at least the requests sent before the signal were acknowledged"
+
+        restarted = Server(["--config", str(cfg)], tmp_path)
+        try:
+            stored = await read_all(session, restarted.url, "orders")
+            assert len(stored) >= max(acked)
+            assert [e["offset"] for e in stored] == list(range(1, len(stored) + 1))
+        finally:
+            restarted.stop()
+
+
+async def test_serve_without_config_uses_the_embedded_default(tmp_path: Path) -> None:
+    server = Server([], tmp_path)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(
+                f"{server.url}/events/events", json={"hello": "world"}
+            ) as r:
+                assert r.status == 202
+            async with session.get(f"{server.url}/health") as r:
+                assert await r.json() == {"status": "ok"}
+    finally:
+        assert server.stop(signal.SIGINT) == 0
+    assert (tmp_path / "rtis.db").exists()
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rtis.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_check_lists_every_config_error_with_its_key_path_and_exits_non_zero(
+    tmp_path: Path,
+) -> None:
+    cfg = write_config(
+        tmp_path,
+        """
+[server]
+port = "80"
+colour = "blue"
+
+[streams.orders]
+on_invalid = "ignore"
+schema = { type = "no-such-type" }
+""",
+    )
+    result = run_cli("check", "--config", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2
+    err = result.stderr
+    assert "server.port: expected a non-negative integer, got string '80'" in err
+    assert "server.colour: unknown key" in err
+    assert "streams.orders.on_invalid: expected one of 'reject', 'dead_letter'" in err
+    assert "streams.orders.schema: invalid JSON Schema" in err
+    served = run_cli("serve", "--config", str(cfg), "--port", "0", cwd=tmp_path)
+    assert served.returncode == 2
+    assert "server.colour: unknown key" in served.stderr
+
+
+def test_check_accepts_a_valid_config(tmp_path: Path) -> None:
+    cfg = write_config(tmp_path)
+    result = run_cli("check", "--config", str(cfg), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "stream orders" in result.stdout
+
+
+def test_serving_beyond_loopback_without_auth_is_refused(tmp_path: Path) -> None:
+    result = run_cli("serve", "--host", "0.0.0.0", "--port", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "refusing to listen on 0.0.0.0" in result.stderr
+    assert not (tmp_path / "rtis.db").exists()
