@@ -99,15 +99,16 @@ def _check(config: Config) -> int:
     print(f"  database: {config.database_path()} (durability {config.server.durability})")
     print(f"  listen:   {config.server.host}:{config.server.port}")
     for name, s in config.streams.items():
-        extras = [f"{k}={v}" for k, v in (("time_field", s.time_field),
-                                           ("dedupe_key", s.dedupe_key)) if v]
+        extras = [
+            f"{k}={v}" for k, v in (("time_field", s.time_field), ("dedupe_key", s.dedupe_key)) if v
+        ]
         extras.append(f"on_invalid={s.on_invalid}")
         if s.schema is not None:
             extras.append("schema")
         print(f"  stream {name}: {', '.join(extras)}")
-    for name, plan in plans.items():
+    for name, query in plans.items():
         print(f"  query {name}:")
-        for line in plan.splitlines():
+        for line in query.plan.splitlines():
             print(f"    {line}")
     return 0
 
@@ -162,8 +163,10 @@ def _serve(config: Config, args: Any) -> int:
         print(f"rtis: {e.message}", file=sys.stderr)
         return EXIT_RUNTIME
     except OSError as e:
-        print(f"rtis: cannot listen on {config.server.host}:{config.server.port}: {e.strerror or e}",
-              file=sys.stderr)
+        print(
+            f"rtis: cannot listen on {config.server.host}:{config.server.port}: {e.strerror or e}",
+            file=sys.stderr,
+        )
         return EXIT_RUNTIME
     return 0
 
@@ -201,11 +204,11 @@ async def _run(config: Config) -> None:
 
 
 def _bound_port(site: web.TCPSite) -> int:
-    server = site._server  # noqa: SLF001 - aiohttp exposes no public accessor
+    server = site._server
     sockets: list[socket.socket] = list(getattr(server, "sockets", None) or [])
     if sockets:
         return int(sockets[0].getsockname()[1])
-    return int(site._port)  # noqa: SLF001
+    return int(site._port)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,7 +44,9 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         "full",
         "full: fsync before acknowledging (power-loss safe); normal: process-crash safe.",
     ),
-    Setting("max_body_bytes", "int", 10 * 1024 * 1024, "Largest request body accepted (after gzip)."),
+    Setting(
+        "max_body_bytes", "int", 10 * 1024 * 1024, "Largest request body accepted (after gzip)."
+    ),
     Setting("max_batch_events", "int", 10_000, "Most events accepted in one request."),
     Setting(
         "max_pending_events",
@@ -64,7 +66,9 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         10_000,
         "Messages a WebSocket connection may have waiting to be sent before it is closed (4408).",
     ),
-    Setting("heartbeat_interval", "duration", 20.0, "WebSocket ping interval; a dead peer is dropped."),
+    Setting(
+        "heartbeat_interval", "duration", 20.0, "WebSocket ping interval; a dead peer is dropped."
+    ),
     Setting(
         "shutdown_timeout",
         "duration",
@@ -100,9 +104,15 @@ STREAM_SETTINGS: tuple[Setting, ...] = (
 QUERY_SETTINGS: tuple[Setting, ...] = (
     Setting("sql", "str", None, "The continuous query (see docs/sql.md). Required."),
     Setting("lateness", "duration", 0.0, "How long a window waits for out-of-order events."),
-    Setting("emit", "final|changes", "final", "final: one row per closed window; changes: every update."),
-    Setting("late", "drop|update", "drop", "Events later than lateness: drop (dead letter) or update."),
-    Setting("emit_interval", "duration", 1.0, "With emit = changes, the least time between updates."),
+    Setting(
+        "emit", "final|changes", "final", "final: one row per closed window; changes: every update."
+    ),
+    Setting(
+        "late", "drop|update", "drop", "Events later than lateness: drop (dead letter) or update."
+    ),
+    Setting(
+        "emit_interval", "duration", 1.0, "With emit = changes, the least time between updates."
+    ),
     Setting(
         "idle_timeout",
         "duration",
@@ -257,7 +267,9 @@ def _section(
     return out
 
 
-def _compile_schema(path: str, schema: dict[str, Any], errors: list[str]) -> Callable[[Any], Any] | None:
+def _compile_schema(
+    path: str, schema: dict[str, Any], errors: list[str]
+) -> Callable[[Any], Any] | None:
     try:
         validator: Callable[[Any], Any] = fastjsonschema.compile(schema)
     except fastjsonschema.JsonSchemaDefinitionException as e:
@@ -291,7 +303,9 @@ def config_from_dict(data: Mapping[str, Any], path: str | None = None) -> Config
     for name, table in raw_streams.items():
         spath = f"streams.{name}"
         if not NAME_RE.match(name):
-            errors.append(f"{spath}: a stream name must be a letter or _ then up to 63 letters, digits or _")
+            errors.append(
+                f"{spath}: a stream name must be a letter or _ then up to 63 letters, digits or _"
+            )
         values = _section(spath, table, STREAM_SETTINGS, errors)
         validator = None
         if values["schema"] is not None:
@@ -306,9 +320,13 @@ def config_from_dict(data: Mapping[str, Any], path: str | None = None) -> Config
     for name, table in raw_queries.items():
         qpath = f"queries.{name}"
         if not NAME_RE.match(name):
-            errors.append(f"{qpath}: a query name must be a letter or _ then up to 63 letters, digits or _")
+            errors.append(
+                f"{qpath}: a query name must be a letter or _ then up to 63 letters, digits or _"
+            )
         if name in streams:
-            errors.append(f"{qpath}: the name is already a stream's topic; topics share one namespace")
+            errors.append(
+                f"{qpath}: the name is already a stream's topic; topics share one namespace"
+            )
         values = _section(qpath, table, QUERY_SETTINGS, errors)
         if values["sql"] is None:
             if isinstance(table, dict):
@@ -323,7 +341,7 @@ def config_from_dict(data: Mapping[str, Any], path: str | None = None) -> Config
         raw_functions = {}
     for fname, target in raw_functions.items():
         if not isinstance(target, str) or ":" not in target:
-            errors.append(f"functions.{fname}: expected \"module:callable\", got {_describe(target)}")
+            errors.append(f'functions.{fname}: expected "module:callable", got {_describe(target)}')
         else:
             functions[fname] = target
 

@@ -1,17 +1,48 @@
-"""Continuous queries at run time: compile them, feed them, checkpoint them.
+"""Continuous queries at run time: one runner task per query, fed after commits.
 
-(The query runners arrive with issue 3; for now this module compiles every
-configured query so that bad SQL stops startup and ``rtis check``.)
+Data flow: the store commits a batch of a stream's events -> ``Pipeline.feed``
+(called from the store's ``on_commit``, never blocking) puts it on each of the
+stream's query runners' bounded queues -> the runner applies its compiled
+query -> it writes the output rows, the output messages of its topic, its
+dead letters and its checkpoint in ONE store transaction -> the store
+publishes the outputs after that commit.
+
+A runner that falls behind never slows ingest: when its queue is full the
+queue is emptied and replaced by a marker, and the runner reads the log from
+its checkpoint in pages until it reaches the head, then takes live batches
+again. A runner tracks its position (the last source offset whose effect is
+committed) and drops anything at or below it, and reads the log whenever the
+next live batch does not follow on, so nothing is skipped or done twice. After
+a crash it resumes from its checkpoint; a query whose SQL changed is
+recomputed from the retained log.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
 from .config import Config
 from .errors import ConfigError
+from .store import Committed, Message, Store, Txn
+
+log = logging.getLogger("rtis.pipeline")
+
+PAGE = 1000  # source messages read from the log per catch-up step
+MAX_QUEUED_MESSAGES = 50_000  # per query; past it the query catches up from the log
+RETRY_DELAY = 1.0  # seconds before a failed query runner retries
+RESERVED_TABLES = frozenset({"topics", "messages", "dead_letters", "checkpoints", "events"})
 
 
-def compile_queries(config: Config) -> dict[str, str]:
-    """Compile every query of ``config``; return name -> plan, or raise
+def compile_queries(config: Config) -> dict[str, Any]:
+    """Compile every query of ``config``; return name -> CompiledQuery, or raise
     ConfigError naming each bad query (with line and column in its SQL)."""
     if not config.queries:
         return {}
@@ -22,14 +53,250 @@ def compile_queries(config: Config) -> dict[str, str]:
         functions = load_functions(config.functions)
     except (SqlError, ValueError) as e:
         raise ConfigError([f"functions: {e}"]) from e
-    plans: dict[str, str] = {}
+    compiled: dict[str, Any] = {}
     for name, q in config.queries.items():
+        if name.lower() in RESERVED_TABLES or name.lower().startswith("sqlite_"):
+            errors.append(f"queries.{name}: the name is reserved for rtis's own tables")
+            continue
         try:
-            plans[name] = compile_query(
+            compiled[name] = compile_query(
                 name, q.sql, streams=config.streams.keys(), functions=functions
-            ).plan
+            )
         except SqlError as e:
+            errors.append(f"queries.{name}.sql: {e}")
+        except ValueError as e:
             errors.append(f"queries.{name}.sql: {e}")
     if errors:
         raise ConfigError(errors)
-    return plans
+    return compiled
+
+
+def quote(name: str) -> str:
+    """A SQLite identifier, quoted."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+INT64 = 2**63
+
+
+def sql_value(value: Any) -> Any:
+    """A Python value as stored in a result column: JSON text for objects and
+    arrays, text for integers beyond SQLite's 64 bits."""
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    if isinstance(value, int) and not -INT64 <= value < INT64:
+        return str(value)
+    return value
+
+
+class _CatchUp:
+    """Queue marker: the queue overflowed, read the log."""
+
+
+CATCH_UP = _CatchUp()
+
+
+@dataclass
+class RunnerStats:
+    processed: int = 0
+    emitted: int = 0
+    errors: int = 0
+    catch_ups: int = 0
+
+
+class QueryRunner:
+    """Runs one compiled stateless query."""
+
+    def __init__(self, query: Any, store: Store, max_queued: int = MAX_QUEUED_MESSAGES) -> None:
+        self.query = query
+        self.name: str = query.name
+        self.source: str = query.source
+        self.store = store
+        self.max_queued = max_queued
+        self.position = 0  # last source offset whose effect is committed
+        self.stats = RunnerStats()
+        self._queue: deque[Committed | _CatchUp] = deque()
+        self._queued = 0
+        self._wakeup = asyncio.Event()
+        self._columns: tuple[str, ...] = (
+            ("data", *query.columns) if query.select_star else tuple(query.columns)
+        )
+        self._insert_sql = "INSERT INTO {} (offset, time_ms{}) VALUES (?, ?{})".format(
+            quote(self.name),
+            "".join(", " + quote(c) for c in self._columns),
+            ", ?" * len(self._columns),
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    # -- feeding (never blocks) ------------------------------------------------
+
+    def feed(self, batch: Committed) -> None:
+        if self._queued + len(batch.messages) > self.max_queued:
+            # Too far behind: forget the queue and read the log instead.
+            self._queue.clear()
+            self._queued = 0
+            self._queue.append(CATCH_UP)
+        else:
+            self._queue.append(batch)
+            self._queued += len(batch.messages)
+        self._wakeup.set()
+
+    @property
+    def behind(self) -> int:
+        """Source messages committed but not yet processed."""
+        return max(0, self.store.last_offset(self.source) - self.position)
+
+    # -- the runner task -------------------------------------------------------
+
+    async def start(self) -> None:
+        self.position = await self.store.write(self._prepare)
+        self.task = asyncio.create_task(self._run(), name=f"rtis-query-{self.name}")
+
+    def _prepare(self, txn: Txn) -> int:
+        """Create the result table; reset it if the query's SQL changed.
+        Returns the checkpoint to resume from."""
+        conn = txn.conn
+        row = conn.execute(
+            "SELECT sql, offset FROM checkpoints WHERE query = ?", (self.name,)
+        ).fetchone()
+        table = quote(self.name)
+        if row is not None and row[0] == self.query.sql:
+            return int(row[1])
+        if row is not None:
+            log.info("query %s: its SQL changed; recomputing from the retained log", self.name)
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        txn.delete_topic_messages(self.name)
+        cols = "".join(f", {quote(c)}" for c in self._columns)
+        conn.execute(f"CREATE TABLE {table} (offset INTEGER PRIMARY KEY, time_ms INTEGER{cols})")
+        conn.execute(f"CREATE INDEX {quote(self.name + '_time')} ON {table} (time_ms)")
+        conn.execute(
+            "INSERT INTO checkpoints (query, sql, offset) VALUES (?, ?, 0)"
+            " ON CONFLICT (query) DO UPDATE SET sql = excluded.sql, offset = 0, state = NULL",
+            (self.name, self.query.sql),
+        )
+        return 0
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # e.g. the database is unavailable: nothing past the checkpoint
+                # was committed, so retrying from it later loses nothing.
+                log.exception("query %s failed; retrying from offset %d", self.name, self.position)
+                self._queue.clear()
+                self._queued = 0
+                await asyncio.sleep(RETRY_DELAY)
+
+    async def _loop(self) -> None:
+        await self._catch_up()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                item = self._queue.popleft()
+                if isinstance(item, _CatchUp):
+                    await self._catch_up()
+                    continue
+                self._queued -= len(item.messages)
+                messages = item.messages
+                if messages[-1].offset <= self.position:
+                    continue
+                if messages[0].offset > self.position + 1:
+                    await self._catch_up()  # a gap: read it from the log
+                    continue
+                if messages[0].offset <= self.position:
+                    messages = [m for m in messages if m.offset > self.position]
+                await self._process(messages)
+
+    async def _catch_up(self) -> None:
+        """Read the log from the checkpoint until there is nothing more."""
+        self.stats.catch_ups += 1
+        while True:
+            messages = await self.store.read_messages(self.source, self.position, PAGE)
+            if not messages:
+                return
+            await self._process(messages)
+
+    async def _process(self, messages: list[Message]) -> None:
+        run = self.query.run
+        outputs: list[tuple[int, dict[str, Any], bytes]] = []
+        failures: list[tuple[Message, str]] = []
+        for m in messages:
+            try:
+                out = run(orjson.loads(m.data))
+                if out is not None:
+                    outputs.append((m.time_ms, out, orjson.dumps(out)))
+            except Exception as e:  # EvalError, a failing user function, an unencodable value
+                failures.append((m, f"{type(e).__name__}: {e}" if not str(e) else str(e)))
+        last = messages[-1].offset
+        await self.store.write(
+            lambda txn: self._commit(txn, outputs, failures, last),
+            size=len(outputs) + len(failures) + 1,
+            bounded=False,
+        )
+        self.position = last
+        self.stats.processed += len(messages)
+        self.stats.emitted += len(outputs)
+        self.stats.errors += len(failures)
+
+    def _commit(
+        self,
+        txn: Txn,
+        outputs: list[tuple[int, dict[str, Any], bytes]],
+        failures: list[tuple[Message, str]],
+        last: int,
+    ) -> None:
+        """Outputs, dead letters and the checkpoint: one transaction (writer thread)."""
+        rows = []
+        star = self.query.select_star
+        extra = self.query.columns
+        for time_ms, out, data in outputs:
+            offset = txn.append(self.name, time_ms, None, data)
+            if star:
+                values = [data.decode(), *(sql_value(out.get(c)) for c in extra)]
+            else:
+                values = [sql_value(out.get(c)) for c in extra]
+            rows.append((offset, time_ms, *values))
+        if rows:
+            txn.conn.executemany(self._insert_sql, rows)
+        for m, reason in failures:
+            txn.dead_letter(self.source, self.name, reason, None, m.data)
+        txn.conn.execute("UPDATE checkpoints SET offset = ? WHERE query = ?", (last, self.name))
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+
+
+class Pipeline:
+    """All query runners; ``feed`` is wired to the store's ``on_commit``."""
+
+    def __init__(self, queries: Iterable[Any], store: Store) -> None:
+        self.runners = [QueryRunner(q, store) for q in queries]
+        self._by_source: dict[str, list[QueryRunner]] = {}
+        for r in self.runners:
+            self._by_source.setdefault(r.source, []).append(r)
+
+    def feed(self, batches: Iterable[Committed]) -> None:
+        for batch in batches:
+            for runner in self._by_source.get(batch.topic, ()):
+                runner.feed(batch)
+
+    async def start(self) -> None:
+        for r in self.runners:
+            await r.start()
+
+    async def stop(self) -> None:
+        for r in self.runners:
+            await r.stop()
+
+    def running(self) -> bool:
+        return all(r.task is not None and not r.task.done() for r in self.runners)
+
+
+OnCommit = Callable[[list[Committed]], None]

@@ -62,7 +62,7 @@ Command = Subscribe | Unsubscribe | Ping | Auth
 
 def _id(msg: dict[str, Any]) -> Any:
     value = msg.get("id")
-    if value is not None and not isinstance(value, str | int) or isinstance(value, bool):
+    if (value is not None and not isinstance(value, str | int)) or isinstance(value, bool):
         raise ProtocolError("'id' must be a string or an integer")
     return value
 
@@ -85,7 +85,9 @@ def parse_command(text: str | bytes) -> Command:
     op = msg.get("op")
     if op == "subscribe":
         since = msg.get("since")
-        if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
+        if since is not None and (
+            not isinstance(since, int) or isinstance(since, bool) or since < 0
+        ):
             raise ProtocolError("'since' must be a non-negative integer offset")
         where = msg.get("where")
         if where is not None:

@@ -19,7 +19,8 @@ from aiohttp import web
 from . import __version__
 from .config import Config, StreamConfig
 from .errors import BadRequest, NotFound, PayloadTooLarge, RtisError
-from .ingest import Limits, decode_body, invalid_error, prepare
+from .ingest import Limits, decode_body, format_time, invalid_error, prepare
+from .pipeline import Pipeline, compile_queries, quote
 from .store import Committed, Store
 from .ws import Hub, WebSocketEndpoint
 
@@ -29,6 +30,7 @@ CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 HUB = web.AppKey("hub", Hub)
 WS = web.AppKey("ws", WebSocketEndpoint)
+PIPELINE = web.AppKey("pipeline", Pipeline)
 
 MAX_READ_LIMIT = 10_000
 DEFAULT_READ_LIMIT = 100
@@ -36,7 +38,9 @@ DEFAULT_READ_LIMIT = 100
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.Response(
         body=orjson.dumps(body),
         status=status,
@@ -129,7 +133,98 @@ async def ready(request: web.Request) -> web.Response:
     store = request.app[STORE]
     if store.closed:
         raise RtisError("the store is shutting down", status=503, code="not_ready", retry_after=1)
+    if not request.app[PIPELINE].running():
+        raise RtisError(
+            "a query runner is not running", status=503, code="not_ready", retry_after=1
+        )
     return json_response({"status": "ready"})
+
+
+async def list_dead_letters(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    limit = _int_param(request, "limit", DEFAULT_READ_LIMIT, 1, MAX_READ_LIMIT)
+    letters = await store.dead_letters(
+        stream=request.query.get("stream") or None,
+        query=request.query.get("query") or None,
+        limit=limit,
+    )
+    body = [
+        {
+            "id": d.id,
+            "time": format_time(d.time_ms),
+            "stream": d.stream,
+            "query": d.query,
+            "reason": d.reason,
+            "path": d.path,
+            "data": orjson.Fragment(d.data),
+        }
+        for d in letters
+    ]
+    return json_response({"dead_letters": body})
+
+
+async def query_rows(request: web.Request) -> web.Response:
+    """Stored result rows of a query, newest last; filters on time and columns."""
+    name = request.match_info["name"]
+    config = request.app[CONFIG]
+    if name not in config.queries:
+        raise NotFound(f"no query {name!r}", code="unknown_query")
+    store = request.app[STORE]
+    limit = _int_param(request, "limit", DEFAULT_READ_LIMIT, 1, MAX_READ_LIMIT)
+    async with store.reader() as conn:
+        async with conn.execute(f"SELECT * FROM {quote(name)} LIMIT 0") as cur:
+            columns = [d[0] for d in cur.description]
+        where: list[str] = []
+        args: list[Any] = []
+        for key, value in request.query.items():
+            if key in ("limit", "from", "to"):
+                continue
+            if key not in columns or key in ("offset", "time_ms"):
+                raise BadRequest(
+                    f"unknown column {key!r}; columns: {', '.join(columns[2:])}",
+                    code="bad_parameter",
+                )
+            where.append(f"{quote(key)} = ?")
+            args.append(_coerce(value))
+        for key, op in (("from", ">="), ("to", "<")):
+            if key in request.query:
+                where.append(f"time_ms {op} ?")
+                args.append(_time_param(key, request.query[key]))
+        sql = f"SELECT * FROM {quote(name)}"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY offset DESC LIMIT ?"
+        args.append(limit)
+        async with conn.execute(sql, args) as cur:
+            rows = list(await cur.fetchall())
+    rows.reverse()
+    out = []
+    for row in rows:
+        item = {"offset": row[0], "time": format_time(row[1])}
+        item.update(zip(columns[2:], row[2:], strict=True))
+        out.append(item)
+    return json_response({"query": name, "rows": out})
+
+
+def _coerce(value: str) -> Any:
+    """A query-string value as the SQLite value it most likely means."""
+    try:
+        return int(value)
+    except ValueError:
+        pass
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _time_param(name: str, raw: str) -> int:
+    from .ingest import parse_time
+
+    try:
+        return parse_time(float(raw) if raw.replace(".", "", 1).isdigit() else raw)
+    except ValueError as e:
+        raise BadRequest(f"query parameter {name!r}: {e}", code="bad_parameter") from None
 
 
 async def list_topics(request: web.Request) -> web.Response:
@@ -157,11 +252,14 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequest(f"query parameter {name!r} must be an integer, got {raw!r}",
-                         code="bad_parameter") from None
+        raise BadRequest(
+            f"query parameter {name!r} must be an integer, got {raw!r}", code="bad_parameter"
+        ) from None
     if not low <= value <= high:
-        raise BadRequest(f"query parameter {name!r} must be between {low} and {high}, got {value}",
-                         code="bad_parameter")
+        raise BadRequest(
+            f"query parameter {name!r} must be between {low} and {high}, got {value}",
+            code="bad_parameter",
+        )
     return value
 
 
@@ -191,10 +289,14 @@ def _topics(config: Config) -> list[tuple[str, str]]:
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
+    queries = compile_queries(config)
     hub = Hub({})
+    pipeline: Pipeline | None = None
 
     def on_commit(batches: list[Committed]) -> None:
         hub.publish(batches)
+        if pipeline is not None:
+            pipeline.feed(batches)
 
     store = Store(
         config.database_path(),
@@ -204,8 +306,10 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     )
     await store.start(_topics(config))
     hub.heads.update({t: store.last_offset(t) for t in store.topics()})
+    pipeline = Pipeline(queries.values(), store)
     app[STORE] = store
     app[HUB] = hub
+    app[PIPELINE] = pipeline
     app[WS] = WebSocketEndpoint(
         store,
         hub,
@@ -213,16 +317,19 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         heartbeat=config.server.heartbeat_interval,
         compile_filter=_compile_filter,
     )
-    log.info(
-        "rtis %s: database %s, streams %s, queries %s",
-        __version__,
-        config.database_path(),
-        ", ".join(config.streams) or "none",
-        ", ".join(config.queries) or "none",
-    )
     try:
+        await pipeline.start()
+        log.info(
+            "rtis %s: config %s, database %s, streams: %s, queries: %s",
+            __version__,
+            config.path or "(embedded default)",
+            config.database_path(),
+            ", ".join(config.streams) or "none",
+            ", ".join(config.queries) or "none",
+        )
         yield
     finally:
+        await pipeline.stop()
         await store.close()
 
 
@@ -259,4 +366,6 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/ready", ready)
     app.router.add_get("/api/topics", list_topics)
     app.router.add_get("/api/topics/{topic}/messages", topic_messages)
+    app.router.add_get("/api/queries/{name}/rows", query_rows)
+    app.router.add_get("/api/dead-letters", list_dead_letters)
     return app

@@ -165,9 +165,12 @@ class Txn:
         topic_id = store._topic_ids[topic]
         if key is not None:
             seen = self._keys.setdefault(topic_id, set())
-            if key in seen or self.conn.execute(
-                "SELECT 1 FROM messages WHERE topic_id = ? AND key = ?", (topic_id, key)
-            ).fetchone():
+            if (
+                key in seen
+                or self.conn.execute(
+                    "SELECT 1 FROM messages WHERE topic_id = ? AND key = ?", (topic_id, key)
+                ).fetchone()
+            ):
                 return None
             seen.add(key)
         if topic not in self._before:
@@ -191,7 +194,8 @@ class Txn:
         conn = self.conn
         if self._rows:
             conn.executemany(
-                "INSERT INTO messages (topic_id, offset, time_ms, key, data) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO messages (topic_id, offset, time_ms, key, data)"
+                " VALUES (?, ?, ?, ?, ?)",
                 self._rows,
             )
             conn.executemany(
@@ -225,6 +229,13 @@ class Txn:
                 del self.published[topic]
         for keys in self._keys.values():
             keys.clear()  # conservative: re-check the database for later appends
+
+    def delete_topic_messages(self, topic: str) -> None:
+        """Forget a topic's retained messages (its offsets keep counting up)."""
+        self.flush()
+        self.conn.execute(
+            "DELETE FROM messages WHERE topic_id = ?", (self._store._topic_ids[topic],)
+        )
 
     def rollback_offsets(self) -> None:
         self._store._last_offsets.update(self._before)
@@ -395,10 +406,10 @@ class Store:
         if self._closed or self._closing:
             raise StoreClosed("the store is shutting down")
 
-    def _enqueue(self, job: Job) -> None:
+    def _enqueue(self, job: Job, bounded: bool = True) -> None:
         self._check_open()
         pending = self._pending
-        if pending.events and pending.events + job.size > self.max_pending_events:
+        if bounded and pending.events and pending.events + job.size > self.max_pending_events:
             raise Overloaded(
                 f"{pending.events} events are waiting to be written "
                 f"(max_pending_events = {self.max_pending_events}); retry shortly"
@@ -418,10 +429,12 @@ class Store:
         self._enqueue(job)
         return await fut
 
-    async def write(self, fn: Callable[[Txn], Any], size: int = 1) -> Any:
-        """Run ``fn(txn)`` inside a writer transaction and wait for the commit."""
+    async def write(self, fn: Callable[[Txn], Any], size: int = 1, bounded: bool = True) -> Any:
+        """Run ``fn(txn)`` inside a writer transaction and wait for the commit.
+        ``bounded=False`` exempts the write from max_pending_events (for query
+        runners, which have at most one write in flight each)."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._enqueue(FnJob(fn, fut, size))
+        self._enqueue(FnJob(fn, fut, size), bounded)
         return await fut
 
     async def _write_loop(self) -> None:
@@ -469,9 +482,7 @@ class Store:
                 else:
                     j.future.set_exception(res)
 
-    def _commit_sync(
-        self, batch: list[Job]
-    ) -> tuple[list[tuple[bool, Any]], list[Committed]]:
+    def _commit_sync(self, batch: list[Job]) -> tuple[list[tuple[bool, Any]], list[Committed]]:
         conn = self._conn
         assert conn is not None
         txn = Txn(conn, self)
@@ -529,20 +540,24 @@ class Store:
     async def read_messages(self, topic: str, since: int, limit: int) -> list[Message]:
         """Retained messages of ``topic`` with offset > ``since``, oldest first."""
         tid = self._topic_ids[topic]
-        async with self.reader() as conn, conn.execute(
-            "SELECT offset, time_ms, data FROM messages"
-            " WHERE topic_id = ? AND offset > ? ORDER BY offset LIMIT ?",
-            (tid, since, limit),
-        ) as cur:
+        async with (
+            self.reader() as conn,
+            conn.execute(
+                "SELECT offset, time_ms, data FROM messages"
+                " WHERE topic_id = ? AND offset > ? ORDER BY offset LIMIT ?",
+                (tid, since, limit),
+            ) as cur,
+        ):
             rows = await cur.fetchall()
         return [Message(r[0], r[1], r[2].encode()) for r in rows]
 
     async def first_offset(self, topic: str) -> int | None:
         """The oldest retained offset of ``topic``, or None if nothing is retained."""
         tid = self._topic_ids[topic]
-        async with self.reader() as conn, conn.execute(
-            "SELECT min(offset) FROM messages WHERE topic_id = ?", (tid,)
-        ) as cur:
+        async with (
+            self.reader() as conn,
+            conn.execute("SELECT min(offset) FROM messages WHERE topic_id = ?", (tid,)) as cur,
+        ):
             row = await cur.fetchone()
         return None if row is None or row[0] is None else int(row[0])
 
@@ -550,7 +565,9 @@ class Store:
         out = []
         for name in sorted(self._kinds):
             out.append(
-                TopicInfo(name, self._kinds[name], self._last_offsets[name], await self.first_offset(name))
+                TopicInfo(
+                    name, self._kinds[name], self._last_offsets[name], await self.first_offset(name)
+                )
             )
         return out
 

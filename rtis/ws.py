@@ -182,7 +182,7 @@ class Connection:
                 raise
         # The close frame sits behind whatever the peer has not read; a peer
         # that never reads again is dropped after CLOSE_TIMEOUT.
-        writer = self.ws._writer  # noqa: SLF001 - no public access to the transport
+        writer = self.ws._writer
         transport = writer.transport if writer is not None else None
         if transport is not None:
             asyncio.get_running_loop().call_later(CLOSE_TIMEOUT, transport.abort)
@@ -405,7 +405,7 @@ class WebSocketEndpoint:
 
     async def _flush_then_close(self, conn: Connection, code: int, message: str) -> None:
         for _ in range(20):
-            if not conn._queue:  # noqa: SLF001
+            if not conn._queue:
                 break
             await asyncio.sleep(0.005)
         await conn.close(code, message)

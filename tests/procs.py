@@ -17,7 +17,8 @@ class Server:
     """A running ``rtis serve``; ``url`` is its base URL."""
 
     def __init__(self, args: list[str], cwd: Path) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        repo = str(Path(__file__).resolve().parent.parent)  # so tests.userfuncs imports
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": repo}
         self.log_path = cwd / f"server-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(

@@ -143,7 +143,11 @@ async def test_dead_letter_mode_stores_valid_events_and_keeps_invalid_with_reaso
     streams = {"orders": {**ORDERS["orders"], "on_invalid": "dead_letter"}}
     client = await start(streams=streams)
     body = orjson.dumps(
-        [{"id": 1, "amount": 5, "ts": 1}, {"id": 2, "amount": "x", "ts": 1}, {"id": 3, "amount": 6, "ts": 1}]
+        [
+            {"id": 1, "amount": 5, "ts": 1},
+            {"id": 2, "amount": "x", "ts": 1},
+            {"id": 3, "amount": 6, "ts": 1},
+        ]
     )
     resp = await client.post("/events/orders", data=body, headers=JSON)
     assert resp.status == 202
@@ -177,12 +181,12 @@ async def test_dedupe_key_acknowledges_duplicates_without_storing_them(
     assert len(stored(db_path, "orders")) == 1
 
 
-async def test_dedupe_survives_a_restart_of_the_app(
-    start: ClientFactory, db_path: Path
-) -> None:
+async def test_dedupe_survives_a_restart_of_the_app(start: ClientFactory, db_path: Path) -> None:
     ev = orjson.dumps({"id": "k1", "amount": 1, "ts": 1})
     client = await start(streams=ORDERS)
-    assert (await (await client.post("/events/orders", data=ev, headers=JSON)).json())["accepted"] == 1
+    assert (await (await client.post("/events/orders", data=ev, headers=JSON)).json())[
+        "accepted"
+    ] == 1
     await client.close()
     client = await start(streams=ORDERS)
     resp = await client.post("/events/orders", data=ev, headers=JSON)
@@ -298,7 +302,9 @@ async def test_concurrent_requests_share_commits_and_get_gap_free_offsets(
         assert len(set(span)) == 1
 
 
-async def test_empty_array_is_accepted_with_null_offsets(start: ClientFactory, db_path: Path) -> None:
+async def test_empty_array_is_accepted_with_null_offsets(
+    start: ClientFactory, db_path: Path
+) -> None:
     client = await start()
     resp = await client.post("/events/events", data=b"[]", headers=JSON)
     assert resp.status == 202

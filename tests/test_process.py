@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -137,9 +138,7 @@ async def test_serve_without_config_uses_the_embedded_default(tmp_path: Path) ->
     server = Server([], tmp_path)
     try:
         async with aiohttp.ClientSession() as session:
-            async with session.post(
-                f"{server.url}/events/events", json={"hello": "world"}
-            ) as r:
+            async with session.post(f"{server.url}/events/events", json={"hello": "world"}) as r:
                 assert r.status == 202
             async with session.get(f"{server.url}/health") as r:
                 assert await r.json() == {"status": "ok"}
@@ -197,3 +196,90 @@ def test_serving_beyond_loopback_without_auth_is_refused(tmp_path: Path) -> None
     assert result.returncode == 2
     assert "refusing to listen on 0.0.0.0" in result.stderr
     assert not (tmp_path / "rtis.db").exists()
+
+
+QUERY_CONFIG = """
+[server]
+database = "data.db"
+durability = "normal"
+
+[streams.orders]
+dedupe_key = "id"
+
+[queries.small_orders]
+sql = '''
+SELECT id, slow(amount) * 2 AS doubled, upper(region) AS region
+FROM orders WHERE amount % 3 <> 0
+'''
+
+[functions]
+slow = "tests.userfuncs:slow"
+"""
+
+
+async def _post_orders(session: aiohttp.ClientSession, url: str, lo: int, hi: int) -> None:
+    for start in range(lo, hi, 100):
+        events = [
+            {"id": i, "amount": i, "region": "eu" if i % 2 else "us"}
+            for i in range(start, min(hi, start + 100))
+        ]
+        async with session.post(
+            f"{url}/events/orders",
+            data=orjson.dumps(events),
+            headers={"Content-Type": "application/json"},
+        ) as r:
+            assert r.status == 202
+
+
+async def _wait_for_outputs(
+    session: aiohttp.ClientSession, url: str, n: int
+) -> list[dict[str, Any]]:
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        events = await read_all(session, url, "small_orders")
+        if len(events) >= n or asyncio.get_running_loop().time() > deadline:
+            return events
+        await asyncio.sleep(0.05)
+
+
+async def test_query_outputs_after_kill_9_and_restart_equal_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    total = 3000
+    expected_n = sum(1 for i in range(total) if i % 3)
+    async with aiohttp.ClientSession() as session:
+        straight = tmp_path / "straight"
+        straight.mkdir()
+        cfg = write_config(straight, QUERY_CONFIG)
+        server = Server(["--config", str(cfg)], straight)
+        await _post_orders(session, server.url, 0, total)
+        reference = await _wait_for_outputs(session, server.url, expected_n)
+        server.stop()
+
+        crashed = tmp_path / "crashed"
+        crashed.mkdir()
+        cfg = write_config(crashed, QUERY_CONFIG)
+        server = Server(["--config", str(cfg)], crashed)
+        await _post_orders(session, server.url, 0, total // 2)
+        server.kill9()
+        # The slow query was mid-way through its input when the process died.
+        conn = sqlite3.connect(crashed / "data.db")
+        [(checkpoint,)] = conn.execute("SELECT offset FROM checkpoints").fetchall()
+        conn.close()
+        assert checkpoint < total // 2
+        server = Server(["--config", str(cfg)], crashed)
+        await _post_orders(session, server.url, total // 2, total)
+        resumed = await _wait_for_outputs(session, server.url, expected_n)
+        server.stop()
+
+    assert len(reference) == expected_n
+    strip = [(e["offset"], e["data"]) for e in reference]
+    assert [(e["offset"], e["data"]) for e in resumed] == strip
+    conn_a = sqlite3.connect(straight / "data.db")
+    conn_b = sqlite3.connect(crashed / "data.db")
+    try:
+        q = "SELECT offset, id, doubled, region FROM small_orders ORDER BY offset"
+        assert conn_a.execute(q).fetchall() == conn_b.execute(q).fetchall()
+    finally:
+        conn_a.close()
+        conn_b.close()

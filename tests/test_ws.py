@@ -18,7 +18,9 @@ from .conftest import ClientFactory
 JSON = {"Content-Type": "application/json"}
 
 
-async def post(client: TestClient[Any, Any], events: list[dict[str, Any]], stream: str = "events") -> dict[str, Any]:
+async def post(
+    client: TestClient[Any, Any], events: list[dict[str, Any]], stream: str = "events"
+) -> dict[str, Any]:
     resp = await client.post(f"/events/{stream}", data=orjson.dumps(events), headers=JSON)
     assert resp.status == 202, await resp.text()
     result: dict[str, Any] = await resp.json()
@@ -32,7 +34,9 @@ async def recv(ws: aiohttp.ClientWebSocketResponse, timeout: float = 5.0) -> dic
     return data
 
 
-async def recv_offsets(ws: aiohttp.ClientWebSocketResponse, until: int, timeout: float = 10.0) -> list[int]:
+async def recv_offsets(
+    ws: aiohttp.ClientWebSocketResponse, until: int, timeout: float = 10.0
+) -> list[int]:
     """Collect event offsets from frames until offset ``until`` arrives."""
     offsets: list[int] = []
     deadline = time.monotonic() + timeout
@@ -43,7 +47,9 @@ async def recv_offsets(ws: aiohttp.ClientWebSocketResponse, until: int, timeout:
     return offsets
 
 
-async def test_live_subscriber_receives_committed_events_in_message_form(start: ClientFactory) -> None:
+async def test_live_subscriber_receives_committed_events_in_message_form(
+    start: ClientFactory,
+) -> None:
     client = await start()
     ws = await client.ws_connect("/ws")
     await ws.send_json({"op": "subscribe", "topic": "events", "id": 7})
