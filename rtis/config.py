@@ -377,6 +377,50 @@ def load_config(path: str | Path | None) -> Config:
     return config_from_dict(data, path=str(p))
 
 
+KIND_NAMES = {
+    "str": "string",
+    "int": "integer",
+    "bool": "boolean",
+    "duration": "duration",
+    "str_list": "list of strings",
+    "table": "table",
+}
+
+
+def settings_markdown() -> str:
+    """The settings tables as Markdown, as they appear in docs/config.md."""
+    out: list[str] = []
+    for title, settings in (
+        ("[server]", SERVER_SETTINGS),
+        ("[streams.NAME]", STREAM_SETTINGS),
+        ("[queries.NAME]", QUERY_SETTINGS),
+    ):
+        out.append(f"### `{title}`\n")
+        out.append("| key | type | default | meaning |")
+        out.append("| --- | --- | --- | --- |")
+        for st in settings:
+            kind = KIND_NAMES.get(st.kind) or " or ".join(f'"{c}"' for c in st.kind.split("|"))
+            if st.default is None:
+                default = "(none)"
+            elif st.kind == "duration":
+                default = f'`"{st.default:g}s"`'
+            else:
+                default = f"`{_toml(st.default)}`"
+            out.append(f"| `{st.key}` | {kind} | {default} | {st.help} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return str(value)
+
+
 def replace_server(config: Config, **changes: Any) -> Config:
     """A copy of ``config`` with some server settings overridden (CLI flags)."""
     from dataclasses import replace
