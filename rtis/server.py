@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,8 +20,13 @@ from aiohttp import web
 from . import __version__
 from .config import Config, StreamConfig
 from .errors import BadRequest, NotFound, PayloadTooLarge, RtisError
+from .http_auth import GUARD, charge_events, may_see
+from .http_auth import install as install_auth
 from .ingest import Limits, decode_body, format_time, invalid_error, prepare
+from .metrics import METRICS, Metrics, metrics_handler
+from .metrics import middleware as metrics_middleware
 from .pipeline import Pipeline, compile_queries, quote
+from .sse import SseEndpoint
 from .store import Committed, Store
 from .ws import Hub, WebSocketEndpoint
 
@@ -30,6 +36,7 @@ CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
 HUB = web.AppKey("hub", Hub)
 WS = web.AppKey("ws", WebSocketEndpoint)
+SSE = web.AppKey("sse", SseEndpoint)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 
 MAX_READ_LIMIT = 10_000
@@ -118,10 +125,14 @@ async def post_events(request: web.Request) -> web.Response:
         headers=request.headers,
         limits=limits,
     )
+    charge_events(request, len(decoded.events))  # 429 before anything is stored
     events, invalid = prepare(decoded, stream, int(time.time() * 1000))
     if invalid and stream.on_invalid == "reject":
         raise invalid_error(name, invalid, len(decoded.events))
     result = await request.app[STORE].append(name, events, invalid)
+    request.app[METRICS].ingest.record(
+        name, result.accepted, result.duplicates, result.dead_lettered
+    )
     return json_response(result.to_json(), status=202)
 
 
@@ -232,6 +243,8 @@ async def list_topics(request: web.Request) -> web.Response:
     hub = request.app[HUB]
     topics = []
     for info in await store.topic_infos():
+        if not may_see(request, info.name):
+            continue
         topics.append(
             {
                 "name": info.name,
@@ -304,13 +317,26 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         max_pending_events=config.server.max_pending_events,
         on_commit=on_commit,
     )
+    store.observe_commit = app[METRICS].observe_commit
     await store.start(_topics(config))
     hub.heads.update({t: store.last_offset(t) for t in store.topics()})
     pipeline = Pipeline(queries.values(), store)
     app[STORE] = store
     app[HUB] = hub
     app[PIPELINE] = pipeline
+    app[METRICS].bind(store=store, hub=hub, pipeline=pipeline)
     app[WS] = WebSocketEndpoint(
+        store,
+        hub,
+        guard=app[GUARD],
+        max_connections=config.server.max_connections,
+        max_subscriptions=config.server.max_subscriptions,
+        max_frame_bytes=config.server.max_frame_bytes,
+        max_queued=config.server.max_queued_messages,
+        heartbeat=config.server.heartbeat_interval,
+        compile_filter=_compile_filter,
+    )
+    app[SSE] = SseEndpoint(
         store,
         hub,
         max_queued=config.server.max_queued_messages,
@@ -342,30 +368,82 @@ def _compile_filter(text: str) -> Callable[[dict[str, Any]], bool]:
 async def _on_shutdown(app: web.Application) -> None:
     if WS in app:
         await app[WS].close_all()
+    if SSE in app:
+        await app[SSE].close_all()
 
 
 async def _ws(request: web.Request) -> web.StreamResponse:
     return await request.app[WS].handle(request)
 
 
+async def _sse(request: web.Request) -> web.StreamResponse:
+    return await request.app[SSE].handle(request)
+
+
+STATIC_DIR = Path(__file__).parent / "static"
+_STATIC_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",  # ES modules are refused under any non-JavaScript type
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+}
+# The dashboard loads only its own files and talks only to this server.
+_DASHBOARD_CSP = (
+    "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+def _static(path: Path) -> Handler:
+    """Serve one file of rtis/static with its content type (read per request:
+    the files are small, and an edited file shows up without a restart)."""
+    content_type = _STATIC_TYPES[path.suffix]
+    headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+    if path.suffix == ".html":
+        headers["Content-Security-Policy"] = _DASHBOARD_CSP
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(
+            body=path.read_bytes(), content_type=content_type, charset="utf-8", headers=headers
+        )
+
+    return handler
+
+
+def _add_static_routes(app: web.Application) -> None:
+    app.router.add_get("/", _static(STATIC_DIR / "index.html"))
+    app.router.add_get("/rtis.js", _static(STATIC_DIR / "rtis.js"))
+    for path in sorted(STATIC_DIR.iterdir()):
+        if path.suffix in _STATIC_TYPES:
+            app.router.add_get(f"/static/{path.name}", _static(path))
+
+
 def create_app(config: Config) -> web.Application:
     """Build the application for ``config``; the store opens when the app starts."""
+    metrics = Metrics(config.streams)
     app = web.Application(
-        middlewares=[error_middleware],
+        # the metrics middleware sits inside the error middleware, so it sees
+        # each error's code before it becomes a response
+        middlewares=[error_middleware, metrics_middleware(metrics)],
         client_max_size=config.server.max_body_bytes,
         # ingest.decode_body gunzips with a hard cap (a gzip bomb never allocates
         # more than max_body_bytes) and reports corrupt gzip as a 400 itself.
         handler_args={"auto_decompress": False},
     )
     app[CONFIG] = config
+    app[METRICS] = metrics
+    install_auth(app, config)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_on_shutdown)
     app.router.add_post("/events/{stream}", post_events)
     app.router.add_get("/ws", _ws)
+    app.router.add_get("/sse", _sse)
+    _add_static_routes(app)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/api/topics", list_topics)
     app.router.add_get("/api/topics/{topic}/messages", topic_messages)
     app.router.add_get("/api/queries/{name}/rows", query_rows)
     app.router.add_get("/api/dead-letters", list_dead_letters)
+    app.router.add_get("/metrics", metrics_handler)
     return app

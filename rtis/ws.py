@@ -25,16 +25,23 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from .auth import Principal, Unauthenticated
+from .errors import RtisError
+from .http_auth import PRINCIPAL, Guard
 from .protocol import (
     CLOSE_BAD_MESSAGE,
+    CLOSE_FORBIDDEN,
     CLOSE_GOING_AWAY,
+    CLOSE_RATE_LIMITED,
     CLOSE_TOO_SLOW,
+    CLOSE_UNAUTHENTICATED,
     Auth,
+    Command,
     Ping,
     ProtocolError,
     Subscribe,
@@ -75,6 +82,8 @@ class Connection:
         self.handler_task = asyncio.current_task()
         self._close_task: asyncio.Task[None] | None = None
         self.close_code: int | None = None  # the code we closed with, if we closed
+        self.principal: Principal | None = None  # who is connected, once authenticated
+        self.auth_timer: asyncio.TimerHandle | None = None  # auth deadline or token expiry
         self._sender = asyncio.create_task(self._send_loop(), name="rtis-ws-sender")
 
     # -- enqueueing (never blocks) ---------------------------------------------
@@ -200,12 +209,24 @@ class Connection:
             await self._sender
 
 
+class Sink(Protocol):
+    """Where a Subscription delivers: a WebSocket :class:`Connection`, or an SSE
+    stream (``sse.py``). When either method is called, the subscription's
+    ``last_sent`` is already the last offset the chunk accounts for."""
+
+    closing: bool
+
+    def send_events(self, topic_json: bytes, chunk: bytes, count: int) -> None: ...
+
+    async def send_history(self, topic_json: bytes, chunk: bytes, count: int) -> None: ...
+
+
 class Subscription:
     """One connection's subscription to one topic."""
 
     __slots__ = ("conn", "filter", "last_sent", "live", "topic", "topic_json")
 
-    def __init__(self, conn: Connection, topic: str, filter: Filter | None) -> None:
+    def __init__(self, conn: Sink, topic: str, filter: Filter | None) -> None:
         self.conn = conn
         self.topic = topic
         self.topic_json = orjson.dumps(topic)
@@ -314,6 +335,12 @@ class Hub:
                 sub.deliver(messages, chunk, parsed)
 
 
+def _expire(conn: Connection, principal: Principal | None, message: str) -> None:
+    """Close with 4401 unless the connection has authenticated anew since."""
+    if conn.principal is principal:
+        conn.close_soon(CLOSE_UNAUTHENTICATED, message)
+
+
 async def catch_up(sub: Subscription, since: int, store: Store, hub: Hub) -> None:
     """Send retained messages after ``since``, then switch ``sub`` to live."""
     sub.last_sent = since
@@ -332,10 +359,10 @@ async def catch_up(sub: Subscription, since: int, store: Store, hub: Hub) -> Non
         selected = messages
         if sub.filter is not None:
             selected = select(messages, [orjson.loads(m.data) for m in messages], sub.filter)
+        sub.last_sent = messages[-1].offset  # before sending: see Sink
         if selected:
             chunk = b",".join(m.to_json() for m in selected)
             await conn.send_history(sub.topic_json, chunk, len(selected))
-        sub.last_sent = messages[-1].offset
 
 
 def recovered(since: int, first: int | None, last: int) -> bool:
@@ -345,6 +372,17 @@ def recovered(since: int, first: int | None, last: int) -> bool:
     if first is None:
         return False
     return first <= since + 1
+
+
+class _WebSocket(web.WebSocketResponse):
+    """Says why when a client's frame is too big (aiohttp closes with 1009, no reason)."""
+
+    async def close(
+        self, *, code: int = WSCloseCode.OK, message: bytes = b"", drain: bool = True
+    ) -> bool:
+        if code == WSCloseCode.MESSAGE_TOO_BIG and not message:
+            message = b"frame exceeds max_frame_bytes = %d" % self._max_msg_size
+        return await super().close(code=code, message=message, drain=drain)
 
 
 class WebSocketEndpoint:
@@ -360,6 +398,8 @@ class WebSocketEndpoint:
         compile_filter: Callable[[str], Filter],
         max_subscriptions: int = 100,
         max_frame_bytes: int = 64 * 1024,
+        max_connections: int = 10_000,
+        guard: Guard | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -368,10 +408,19 @@ class WebSocketEndpoint:
         self.compile_filter = compile_filter
         self.max_subscriptions = max_subscriptions
         self.max_frame_bytes = max_frame_bytes
+        self.max_connections = max_connections
+        self.guard = guard
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(
+        if len(self.hub.connections) >= self.max_connections:
+            raise RtisError(
+                f"too many WebSocket connections: max_connections = {self.max_connections}",
+                status=503,
+                code="too_many_connections",
+                retry_after=1,
+            )
+        ws = _WebSocket(
             heartbeat=self.heartbeat,
             compress=False,  # frames are shared by many subscribers; deflate would be per client
             max_msg_size=self.max_frame_bytes,
@@ -379,13 +428,14 @@ class WebSocketEndpoint:
         await ws.prepare(request)
         conn = Connection(ws, self.max_queued)
         self.hub.connections.add(conn)
+        self._start_auth(conn, request.get(PRINCIPAL))
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.TEXT or msg.type == WSMsgType.BINARY:
                     try:
-                        self._handle_command(conn, parse_command(msg.data))
+                        self._handle_command(conn, self._admit(conn, parse_command(msg.data)))
                     except ProtocolError as e:
-                        conn.send_reply(error_frame("bad_message", e.message))
+                        conn.send_reply(error_frame(e.code, e.message, e.id))
                         await self._flush_then_close(conn, e.close_code, e.message)
                         break
                     except Exception:
@@ -396,6 +446,8 @@ class WebSocketEndpoint:
                 elif msg.type == WSMsgType.ERROR:
                     break
         finally:
+            if conn.auth_timer is not None:
+                conn.auth_timer.cancel()
             self.hub.connections.discard(conn)
             for sub in conn.subscriptions.values():
                 self.hub.remove(sub)
@@ -409,6 +461,83 @@ class WebSocketEndpoint:
                 break
             await asyncio.sleep(0.005)
         await conn.close(code, message)
+
+    # -- auth: the decisions are auth.py's; this applies them to a connection ----
+
+    def _start_auth(self, conn: Connection, principal: Principal | None) -> None:
+        """Authenticated on the upgrade, or given ``ws_auth_timeout`` to send ``auth``."""
+        guard = self.guard
+        if guard is None or guard.auth is None:
+            return
+        if principal is not None:
+            self._authenticated(conn, principal)
+            return
+        timeout = guard.ws_auth_timeout
+        conn.auth_timer = asyncio.get_running_loop().call_later(
+            timeout, _expire, conn, None, f"no auth message within {timeout:g} s"
+        )
+
+    def _authenticated(self, conn: Connection, principal: Principal) -> None:
+        conn.principal = principal
+        if conn.auth_timer is not None:
+            conn.auth_timer.cancel()
+            conn.auth_timer = None
+        if principal.valid_until is not None:
+            conn.auth_timer = asyncio.get_running_loop().call_later(
+                max(0.0, principal.valid_until - time.time()),
+                _expire,
+                conn,
+                principal,
+                "the token has expired; send a new auth message before it does",
+            )
+
+    def _admit(self, conn: Connection, cmd: Command) -> Command:
+        """Rate limit, authentication and scope of one client command."""
+        guard = self.guard
+        if guard is None or guard.auth is None:
+            return cmd
+        principal = conn.principal
+        if principal is not None:
+            status = guard.limiter.charge(principal)
+            if status is not None and not status.allowed:
+                raise ProtocolError(
+                    f"{principal.id} sent more than {principal.rate:g} frames/s "
+                    f"(burst {principal.burst})",
+                    CLOSE_RATE_LIMITED,
+                    code="rate_limited",
+                    id=cmd.id,
+                )
+        if isinstance(cmd, Auth):
+            try:
+                principal = guard.auth.authenticate(cmd.token)
+            except Unauthenticated as e:
+                raise ProtocolError(
+                    e.message, CLOSE_UNAUTHENTICATED, code="unauthenticated", id=cmd.id
+                ) from None
+            for topic in conn.subscriptions:  # a new token must still cover what is held
+                self._require(principal, topic, cmd.id)
+            self._authenticated(conn, principal)
+        elif principal is None:
+            raise ProtocolError(
+                'authenticate first: send {"op": "auth", "token": "..."} '
+                "or an Authorization header on the upgrade",
+                CLOSE_UNAUTHENTICATED,
+                code="unauthenticated",
+                id=cmd.id,
+            )
+        elif isinstance(cmd, Subscribe):
+            self._require(principal, cmd.topic, cmd.id)
+        return cmd
+
+    @staticmethod
+    def _require(principal: Principal, topic: str, id: Any) -> None:
+        if not principal.allows(f"subscribe:{topic}"):
+            raise ProtocolError(
+                f"{principal.id} lacks the scope 'subscribe:{topic}'",
+                CLOSE_FORBIDDEN,
+                code="forbidden",
+                id=id,
+            )
 
     def _handle_command(self, conn: Connection, cmd: Any) -> None:
         if isinstance(cmd, Ping):
