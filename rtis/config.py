@@ -8,6 +8,7 @@ file is collected before failing, so one run of ``rtis check`` lists them all.
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -16,7 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import fastjsonschema
+import jwt
 
+from .auth import (
+    HASH_RE,
+    MIN_SECRET_BYTES,
+    ApiKey,
+    JwtSettings,
+    load_jwks,
+    resolve_rate,
+    scope_problem,
+)
 from .errors import ConfigError
 
 DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
@@ -29,7 +40,7 @@ class Setting:
     """One configuration key: its type, default and the help text shown in docs."""
 
     key: str
-    kind: str  # "str" | "int" | "bool" | "duration" | "str_list" | one of "a|b|c"
+    kind: str  # "str" | "int" | "number" | "bool" | "duration" | "str_list" | one of "a|b|c"
     default: Any
     help: str
 
@@ -65,6 +76,24 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         "int",
         10_000,
         "Messages a WebSocket connection may have waiting to be sent before it is closed (4408).",
+    ),
+    Setting(
+        "max_connections",
+        "int",
+        10_000,
+        "Most WebSocket connections at once; past it the upgrade is answered 503.",
+    ),
+    Setting(
+        "max_subscriptions",
+        "int",
+        100,
+        "Most topics one WebSocket connection may subscribe to (error too_many_subscriptions).",
+    ),
+    Setting(
+        "max_frame_bytes",
+        "int",
+        64 * 1024,
+        "Largest WebSocket frame a client may send; a larger one closes the connection (1009).",
     ),
     Setting(
         "heartbeat_interval", "duration", 20.0, "WebSocket ping interval; a dead peer is dropped."
@@ -121,7 +150,67 @@ QUERY_SETTINGS: tuple[Setting, ...] = (
     ),
 )
 
-SECTIONS = ("server", "streams", "queries", "functions")
+AUTH_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "ws_auth_timeout",
+        "duration",
+        5.0,
+        "A /ws connection without credentials on the upgrade must send its auth message "
+        "within this time, else it is closed (4401).",
+    ),
+    Setting(
+        "rate",
+        "number",
+        0,
+        "Default rate limit of each key and token subject, in events per second "
+        "(an HTTP request or WebSocket frame counts 1, a POST counts its events); 0 = unlimited.",
+    ),
+    Setting(
+        "burst", "int", 0, "Default bucket size: events allowed at once; 0 = one second's worth."
+    ),
+    Setting("keys", "table", None, "API keys, one [auth.keys.NAME] table each (below)."),
+    Setting("jwt", "table", None, "JWT bearer tokens (below)."),
+)
+
+AUTH_KEY_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "hash",
+        "str",
+        None,
+        'Hash of the key as printed by `rtis keys new` ("sha256:" and 64 hex digits). Required.',
+    ),
+    Setting(
+        "scopes",
+        "str_list",
+        None,
+        "What the key may do: `publish:STREAM`, `subscribe:TOPIC`, `read:TOPIC`, `admin`, `*`; "
+        "fnmatch patterns such as `publish:*` are allowed. Required.",
+    ),
+    Setting("rate", "number", None, "This key's events per second; absent = auth.rate."),
+    Setting("burst", "int", None, "This key's bucket size; absent = auth.burst."),
+)
+
+AUTH_JWT_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "secret_env",
+        "str",
+        None,
+        "Name of the environment variable holding the HS256 secret (at least 32 bytes).",
+    ),
+    Setting(
+        "jwks_file",
+        "str",
+        None,
+        "JWKS file of RSA (RS256) and EC P-256 (ES256) public keys, relative to the config file.",
+    ),
+    Setting("issuer", "str", None, "Required 'iss' claim; absent = not checked."),
+    Setting("audience", "str", None, "Required 'aud' claim; absent = not checked."),
+    Setting("leeway", "duration", 30.0, "Clock skew allowed on exp, nbf and iat."),
+    Setting("rate", "number", None, "Events per second of each token subject; absent = auth.rate."),
+    Setting("burst", "int", None, "Bucket size of each token subject; absent = auth.burst."),
+)
+
+SECTIONS = ("server", "streams", "queries", "functions", "auth")
 
 
 @dataclass(frozen=True)
@@ -135,6 +224,9 @@ class ServerConfig:
     max_pending_events: int = 100_000
     allowed_origins: tuple[str, ...] = ()
     max_queued_messages: int = 10_000
+    max_connections: int = 10_000
+    max_subscriptions: int = 100
+    max_frame_bytes: int = 64 * 1024
     heartbeat_interval: float = 20.0
     shutdown_timeout: float = 10.0
 
@@ -162,12 +254,22 @@ class QueryConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """``[auth]``: present means every route but /health and /ready needs credentials."""
+
+    keys: tuple[ApiKey, ...] = ()
+    jwt: JwtSettings | None = None
+    ws_auth_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     streams: Mapping[str, StreamConfig] = field(default_factory=dict)
     queries: Mapping[str, QueryConfig] = field(default_factory=dict)
     functions: Mapping[str, str] = field(default_factory=dict)
     path: str | None = None
+    auth: AuthConfig | None = None
 
     def database_path(self) -> Path:
         db = Path(self.server.database)
@@ -206,6 +308,10 @@ def _check(path: str, setting: Setting, value: object, errors: list[str]) -> Any
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
         errors.append(f"{path}: expected a non-negative integer, got {_describe(value)}")
+    elif kind == "number":
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            return float(value)
+        errors.append(f"{path}: expected a non-negative number, got {_describe(value)}")
     elif kind == "bool":
         if isinstance(value, bool):
             return value
@@ -291,7 +397,15 @@ def config_from_dict(data: Mapping[str, Any], path: str | None = None) -> Config
     server = _section("server", data.get("server", {}), SERVER_SETTINGS, errors)
     if not 0 <= server["port"] <= 65535:
         errors.append(f"server.port: must be between 0 and 65535, got {server['port']}")
-    for key in ("max_body_bytes", "max_batch_events", "max_pending_events", "max_queued_messages"):
+    for key in (
+        "max_body_bytes",
+        "max_batch_events",
+        "max_pending_events",
+        "max_queued_messages",
+        "max_connections",
+        "max_subscriptions",
+        "max_frame_bytes",
+    ):
         if server[key] == 0:
             errors.append(f"server.{key}: must be at least 1")
 
@@ -345,6 +459,10 @@ def config_from_dict(data: Mapping[str, Any], path: str | None = None) -> Config
         else:
             functions[fname] = target
 
+    auth = None
+    if "auth" in data:
+        auth = _auth(data["auth"], Path(path).parent if path else Path(), errors)
+
     if not streams and not errors:
         errors.append("streams: at least one stream is required, e.g. [streams.events]")
     if errors:
@@ -355,6 +473,89 @@ def config_from_dict(data: Mapping[str, Any], path: str | None = None) -> Config
         queries=queries,
         functions=functions,
         path=path,
+        auth=auth,
+    )
+
+
+def _auth(table: object, base: Path, errors: list[str]) -> AuthConfig | None:
+    """``[auth]``: keys and JWT settings. Secrets are read here, once, and are
+    never part of an error message or a repr."""
+    values = _section("auth", table, AUTH_SETTINGS, errors)
+    rate, burst = values["rate"], values["burst"]
+    keys: list[ApiKey] = []
+    raw_keys = values["keys"] or {}
+    hashes: dict[str, str] = {}
+    for name, key_table in raw_keys.items():
+        kpath = f"auth.keys.{name}"
+        if not NAME_RE.match(name):
+            errors.append(f"{kpath}: a key name must be a letter or _ then letters, digits or _")
+        k = _section(kpath, key_table, AUTH_KEY_SETTINGS, errors)
+        if not isinstance(key_table, dict):
+            continue
+        if k["hash"] is None:
+            errors.append(f'{kpath}.hash: required ("sha256:..." as printed by rtis keys new)')
+        elif not HASH_RE.match(k["hash"]):
+            errors.append(
+                f'{kpath}.hash: expected "sha256:" and 64 lowercase hex digits '
+                "(the key itself never goes in the config; run rtis keys new)"
+            )
+        elif k["hash"] in hashes:
+            errors.append(f"{kpath}.hash: the same hash as auth.keys.{hashes[k['hash']]}")
+        else:
+            hashes[k["hash"]] = name
+        if k["scopes"] is None:
+            errors.append(f'{kpath}.scopes: required, e.g. ["publish:orders"]')
+        else:
+            for i, scope in enumerate(k["scopes"]):
+                problem = scope_problem(scope)
+                if problem:
+                    errors.append(f"{kpath}.scopes[{i}]: {problem}")
+        key_rate, key_burst = resolve_rate(k["rate"], k["burst"], rate, burst)
+        keys.append(ApiKey(name, k["hash"] or "", tuple(k["scopes"] or ()), key_rate, key_burst))
+    jwt_settings = None
+    if values["jwt"] is not None:
+        jwt_settings = _jwt(values["jwt"], base, rate, burst, errors)
+    if not keys and jwt_settings is None and isinstance(table, dict):
+        errors.append("auth: configure at least one [auth.keys.NAME] or an [auth.jwt] table")
+    return AuthConfig(tuple(keys), jwt_settings, values["ws_auth_timeout"])
+
+
+def _jwt(
+    table: dict[str, Any], base: Path, rate: float, burst: int, errors: list[str]
+) -> JwtSettings | None:
+    j = _section("auth.jwt", table, AUTH_JWT_SETTINGS, errors)
+    secret: bytes | None = None
+    if j["secret_env"] is not None:
+        value = os.environ.get(j["secret_env"])
+        if not value:
+            errors.append(
+                f"auth.jwt.secret_env: the environment variable {j['secret_env']} is not set"
+            )
+        elif len(value.encode()) < MIN_SECRET_BYTES:
+            errors.append(
+                f"auth.jwt.secret_env: the secret in {j['secret_env']} is "
+                f"{len(value.encode())} bytes; HS256 needs at least {MIN_SECRET_BYTES}"
+            )
+        else:
+            secret = value.encode()
+    keys: tuple[jwt.PyJWK, ...] = ()
+    if j["jwks_file"] is not None:
+        jwks = Path(j["jwks_file"])
+        try:
+            keys = load_jwks(jwks if jwks.is_absolute() else base / jwks)
+        except ValueError as e:
+            errors.append(f"auth.jwt.jwks_file: {e}")
+    if j["secret_env"] is None and j["jwks_file"] is None:
+        errors.append("auth.jwt: set secret_env (HS256) or jwks_file (RS256/ES256), or both")
+    jwt_rate, jwt_burst = resolve_rate(j["rate"], j["burst"], rate, burst)
+    return JwtSettings(
+        secret=secret,
+        keys=keys,
+        issuer=j["issuer"],
+        audience=j["audience"],
+        leeway=j["leeway"],
+        rate=jwt_rate,
+        burst=jwt_burst,
     )
 
 
@@ -380,6 +581,7 @@ def load_config(path: str | Path | None) -> Config:
 KIND_NAMES = {
     "str": "string",
     "int": "integer",
+    "number": "number",
     "bool": "boolean",
     "duration": "duration",
     "str_list": "list of strings",
@@ -394,6 +596,9 @@ def settings_markdown() -> str:
         ("[server]", SERVER_SETTINGS),
         ("[streams.NAME]", STREAM_SETTINGS),
         ("[queries.NAME]", QUERY_SETTINGS),
+        ("[auth]", AUTH_SETTINGS),
+        ("[auth.keys.NAME]", AUTH_KEY_SETTINGS),
+        ("[auth.jwt]", AUTH_JWT_SETTINGS),
     ):
         out.append(f"### `{title}`\n")
         out.append("| key | type | default | meaning |")

@@ -24,12 +24,22 @@ MAX_WHERE_LENGTH = 4096
 
 
 class ProtocolError(ValueError):
-    """A client frame that breaks the protocol; the connection is closed with ``close_code``."""
+    """A client frame that breaks the protocol or is refused (auth, scope, rate):
+    an error frame with ``code`` is sent, then the connection closes with ``close_code``."""
 
-    def __init__(self, message: str, close_code: int = CLOSE_BAD_MESSAGE) -> None:
+    def __init__(
+        self,
+        message: str,
+        close_code: int = CLOSE_BAD_MESSAGE,
+        *,
+        code: str = "bad_message",
+        id: Any = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.close_code = close_code
+        self.code = code
+        self.id = id
 
 
 @dataclass(frozen=True, slots=True)
