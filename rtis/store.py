@@ -322,6 +322,8 @@ class Store:
         self._closed = False
         self._closing = False
         self.commits = 0  # transactions committed, for tests and metrics
+        # called after each commit with (seconds, writes in the batch); see metrics.py
+        self.observe_commit: Callable[[float, int], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -448,6 +450,7 @@ class Store:
                 nxt = queue.get_nowait()
                 batch.append(nxt)
                 n += nxt.size
+            started = time.perf_counter()
             try:
                 results, published = await loop.run_in_executor(
                     self._executor, self._commit_sync, batch
@@ -468,6 +471,8 @@ class Store:
                 continue
             self._pending.events -= n
             self.commits += 1
+            if self.observe_commit is not None:
+                self.observe_commit(time.perf_counter() - started, n)
             if published and self.on_commit is not None:
                 try:
                     self.on_commit(published)

@@ -63,10 +63,23 @@ RATE_WINDOW = 10  # seconds over which topic rates are averaged
 Filter = Callable[[dict[str, Any]], bool]
 
 
+class SendTotals:
+    """What every connection of a hub has sent, for metrics (plain counters)."""
+
+    __slots__ = ("frames", "messages", "slow_closes")
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.messages = 0
+        self.slow_closes = 0  # closed with 4408
+
+
 class Connection:
     """One client connection's send side: a bounded queue and a sender task."""
 
-    def __init__(self, ws: web.WebSocketResponse, max_queued: int) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, max_queued: int, totals: SendTotals | None = None
+    ) -> None:
         self.ws = ws
         self.max_queued = max_queued
         # items: (topic_json, chunk, count) for events, or (None, frame, 0) for replies
@@ -79,6 +92,7 @@ class Connection:
         self.subscriptions: dict[str, Subscription] = {}
         self.frames_sent = 0
         self.messages_sent = 0
+        self.totals = totals if totals is not None else SendTotals()
         self.handler_task = asyncio.current_task()
         self._close_task: asyncio.Task[None] | None = None
         self.close_code: int | None = None  # the code we closed with, if we closed
@@ -120,6 +134,7 @@ class Connection:
 
     async def _send_loop(self) -> None:
         ws = self.ws
+        totals = self.totals
         try:
             while True:
                 await self._wakeup.wait()
@@ -129,6 +144,8 @@ class Connection:
                     await ws.send_frame(frame, WSMsgType.TEXT)
                     self.frames_sent += 1
                     self.messages_sent += count
+                    totals.frames += 1
+                    totals.messages += count
                     if count:
                         self.queued -= count
                         if self.queued * 2 <= self.max_queued:
@@ -165,6 +182,8 @@ class Connection:
             return
         self.closing = True
         self.close_code = code
+        if code == CLOSE_TOO_SLOW:
+            self.totals.slow_closes += 1
         self._room.set()
         self._queue.clear()
         self._close_task = asyncio.get_running_loop().create_task(self.close(code, message))
@@ -278,6 +297,7 @@ class Hub:
         self._subs: dict[str, set[Subscription]] = {}
         self.connections: set[Connection] = set()
         self.messages_published = 0
+        self.totals = SendTotals()  # of every connection, for metrics
         self._rates: dict[str, deque[list[int]]] = {}  # topic -> [second, count] buckets
 
     def rate(self, topic: str, window: int = RATE_WINDOW) -> float:
@@ -426,7 +446,7 @@ class WebSocketEndpoint:
             max_msg_size=self.max_frame_bytes,
         )
         await ws.prepare(request)
-        conn = Connection(ws, self.max_queued)
+        conn = Connection(ws, self.max_queued, self.hub.totals)
         self.hub.connections.add(conn)
         self._start_auth(conn, request.get(PRINCIPAL))
         try:
