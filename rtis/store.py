@@ -98,6 +98,15 @@ class Message:
     offset: int
     time_ms: int
     data: bytes  # the event / output row as JSON
+    _row: Any = field(default=None, repr=False, compare=False)
+
+    def parsed(self) -> Any:
+        """``data`` parsed, once: the hub's filters and every query of the
+        stream share it. Readers must not mutate it."""
+        row = self._row
+        if row is None:
+            row = self._row = orjson.loads(self.data)
+        return row
 
     def to_json(self) -> bytes:
         """``{"offset": 12, "time": "...", "data": {...}}`` without re-encoding data."""

@@ -253,7 +253,7 @@ class Subscription:
         self.live = False
         self.last_sent = 0
 
-    def deliver(self, messages: list[Message], chunk: bytes, parsed: list[Any] | None) -> None:
+    def deliver(self, messages: list[Message], chunk: bytes) -> None:
         """Hand live messages to the connection (called by publish, never blocks)."""
         if not self.live:
             return
@@ -262,11 +262,8 @@ class Subscription:
             if not messages:
                 return
             chunk = b",".join(m.to_json() for m in messages)
-            parsed = None
         if self.filter is not None:
-            if parsed is None or len(parsed) != len(messages):
-                parsed = [orjson.loads(m.data) for m in messages]
-            selected = select(messages, parsed, self.filter)
+            selected = select(messages, self.filter)
             self.last_sent = messages[-1].offset
             if not selected:
                 return
@@ -277,12 +274,12 @@ class Subscription:
         self.conn.send_events(self.topic_json, chunk, len(messages))
 
 
-def select(messages: list[Message], parsed: list[Any], where: Filter) -> list[Message]:
+def select(messages: list[Message], where: Filter) -> list[Message]:
     """The messages whose data satisfies ``where``; errors count as not matching."""
     out = []
-    for m, data in zip(messages, parsed, strict=True):
+    for m in messages:
         try:
-            if where(data):
+            if where(m.parsed()):
                 out.append(m)
         except Exception:
             continue
@@ -348,11 +345,8 @@ class Hub:
             if not subs:
                 continue
             chunk = b",".join(m.to_json() for m in messages)
-            parsed: list[Any] | None = None
             for sub in list(subs):
-                if sub.filter is not None and parsed is None:
-                    parsed = [orjson.loads(m.data) for m in messages]
-                sub.deliver(messages, chunk, parsed)
+                sub.deliver(messages, chunk)
 
 
 def _expire(conn: Connection, principal: Principal | None, message: str) -> None:
@@ -378,7 +372,7 @@ async def catch_up(sub: Subscription, since: int, store: Store, hub: Hub) -> Non
             continue
         selected = messages
         if sub.filter is not None:
-            selected = select(messages, [orjson.loads(m.data) for m in messages], sub.filter)
+            selected = select(messages, sub.filter)
         sub.last_sent = messages[-1].offset  # before sending: see Sink
         if selected:
             chunk = b",".join(m.to_json() for m in selected)
