@@ -104,6 +104,24 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
         10.0,
         "On SIGINT/SIGTERM, how long in-flight requests get to finish.",
     ),
+    Setting(
+        "dead_letter_retention",
+        "duration",
+        None,
+        "Dead letters older than this are purged; absent = kept.",
+    ),
+    Setting(
+        "retention_interval",
+        "duration",
+        10.0,
+        "How often expired messages and dead letters are purged (1000 rows per transaction).",
+    ),
+    Setting(
+        "access_log",
+        "bool",
+        False,
+        "Log one line per HTTP request (also: rtis serve --access-log).",
+    ),
 )
 
 STREAM_SETTINGS: tuple[Setting, ...] = (
@@ -126,7 +144,12 @@ STREAM_SETTINGS: tuple[Setting, ...] = (
         "reject: a request with any invalid event is refused whole (422); "
         "dead_letter: valid events are stored, invalid ones kept with their reason.",
     ),
-    Setting("retention", "duration", None, "Raw events older than this are purged; absent = kept."),
+    Setting(
+        "retention",
+        "duration",
+        None,
+        "Raw events older than this (by event time) are purged; absent = kept.",
+    ),
     Setting("schema", "table", None, "JSON Schema that each event must satisfy."),
 )
 
@@ -147,6 +170,12 @@ QUERY_SETTINGS: tuple[Setting, ...] = (
         "duration",
         5.0,
         "After this long without events the watermark advances with the wall clock.",
+    ),
+    Setting(
+        "retention",
+        "duration",
+        None,
+        "Output messages and result rows older than this are purged; absent = kept.",
     ),
 )
 
@@ -229,6 +258,9 @@ class ServerConfig:
     max_frame_bytes: int = 64 * 1024
     heartbeat_interval: float = 20.0
     shutdown_timeout: float = 10.0
+    dead_letter_retention: float | None = None
+    retention_interval: float = 10.0
+    access_log: bool = False
 
 
 @dataclass(frozen=True)
@@ -251,6 +283,7 @@ class QueryConfig:
     late: str = "drop"
     emit_interval: float = 1.0
     idle_timeout: float = 5.0
+    retention: float | None = None
 
 
 @dataclass(frozen=True)

@@ -345,7 +345,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     )
     try:
         await pipeline.start()
-        log.info(
+        log.debug(  # rtis serve logs the full startup summary once it listens (logs.py)
             "rtis %s: config %s, database %s, streams: %s, queries: %s",
             __version__,
             config.path or "(embedded default)",
