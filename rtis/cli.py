@@ -53,17 +53,6 @@ def _parser() -> argparse.ArgumentParser:
         help="allow listening on a non-loopback address without [auth]",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    serve.add_argument(
-        "--log-format",
-        default="plain",
-        choices=["plain", "json"],
-        help="log lines on stderr as plain text or as JSON objects (default plain)",
-    )
-    serve.add_argument(
-        "--access-log",
-        action="store_true",
-        help="log one line per HTTP request (off by default; overrides server.access_log)",
-    )
 
     check = sub.add_parser(
         "check",
@@ -72,12 +61,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     _config_arg(check)
 
-    from .client import add_send_parser, add_tail_parser
-    from .loadgen import add_bench_parser
-
-    add_send_parser(sub)
-    add_tail_parser(sub)
-    add_bench_parser(sub)
+    keys = sub.add_parser(
+        "keys",
+        help="make API keys",
+        description="Make API keys for [auth.keys.NAME]; rtis keeps only their hashes.",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    new = keys_sub.add_parser(
+        "new",
+        help="print a new API key once, and the config snippet holding its hash",
+        description="Print a new API key once, and the [auth.keys.NAME] snippet for "
+        "config.toml that holds only its SHA-256 hash. Store the key now: it cannot be "
+        "shown again.",
+    )
+    new.add_argument("--name", required=True, help="the key's name in config (an identifier)")
+    new.add_argument(
+        "--scope",
+        dest="scopes",
+        action="extend",
+        nargs="+",
+        required=True,
+        metavar="SCOPE",
+        help="publish:STREAM, subscribe:TOPIC, read:TOPIC, admin or *; patterns like "
+        "publish:* are allowed; repeat or list several",
+    )
+    new.add_argument(
+        "--rate", type=float, help="events per second for this key (default: auth.rate)"
+    )
+    new.add_argument("--burst", type=int, help="bucket size for this key (default: auth.burst)")
     return parser
 
 
@@ -91,8 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
-    if getattr(args, "run", None) is not None:  # send, tail, bench: clients, no config
-        return int(args.run(args))
+    if args.command == "keys":
+        return _keys_new(args)
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -133,6 +144,38 @@ def _check(config: Config) -> int:
     return 0
 
 
+def _keys_new(args: Any) -> int:
+    """Print a new key and its config snippet; the key is printed nowhere else."""
+    from .auth import hash_key, new_key, scope_problem
+    from .config import NAME_RE
+
+    problems = []
+    if not NAME_RE.match(args.name):
+        problems.append(f"--name {args.name!r}: a letter or _ then letters, digits or _")
+    problems += [f"--scope {p}" for p in map(scope_problem, args.scopes) if p]
+    if args.rate is not None and args.rate < 0:
+        problems.append(f"--rate must not be negative, got {args.rate:g}")
+    if args.burst is not None and args.burst < 1:
+        problems.append(f"--burst must be at least 1, got {args.burst}")
+    if problems:
+        for line in problems:
+            print(f"rtis: {line}", file=sys.stderr)
+        return EXIT_CONFIG
+    key = new_key()
+    scopes = ", ".join(f'"{s}"' for s in dict.fromkeys(args.scopes))
+    print(f"API key {args.name!r}; it is shown only now, rtis keeps only its hash:\n")
+    print(f"    {key}\n")
+    print("Add this to config.toml and restart rtis:\n")
+    print(f"[auth.keys.{args.name}]")
+    print(f'hash = "{hash_key(key)}"')
+    print(f"scopes = [{scopes}]")
+    if args.rate is not None:
+        print(f"rate = {args.rate:g}")
+    if args.burst is not None:
+        print(f"burst = {args.burst}")
+    return 0
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -150,18 +193,17 @@ def _serve(config: Config, args: Any) -> int:
         overrides["port"] = args.port
     if args.db is not None:
         overrides["database"] = args.db
-    if getattr(args, "access_log", False):
-        overrides["access_log"] = True
     if overrides:
         config = replace_server(config, **overrides)
     if args.db is not None:
         from dataclasses import replace
 
         config = replace(config, path=None)  # --db is relative to the working directory
-    from .logs import setup_logging
-
-    setup_logging(args.log_level, getattr(args, "log_format", "plain"))
-    if not _is_loopback(config.server.host) and not args.insecure:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if config.auth is None and not _is_loopback(config.server.host) and not args.insecure:
         print(
             f"rtis: refusing to listen on {config.server.host}: no [auth] is configured, so "
             "anyone who can reach it could publish and read. Listen on 127.0.0.1, or pass "
@@ -193,7 +235,6 @@ def _serve(config: Config, args: Any) -> int:
 
 
 async def _run(config: Config) -> None:
-    from .logs import access_log_args, startup_summary
     from .server import create_app
 
     app = create_app(config)
@@ -201,7 +242,7 @@ async def _run(config: Config) -> None:
         app,
         handle_signals=False,
         shutdown_timeout=config.server.shutdown_timeout,
-        **access_log_args(config.server.access_log),
+        access_log=None,
     )
     await runner.setup()
     stop = asyncio.Event()
@@ -216,7 +257,7 @@ async def _run(config: Config) -> None:
         url_host = f"[{host}]" if ":" in host else host
         # Tests and scripts read this line to find the port when --port 0.
         print(f"rtis listening on http://{url_host}:{port}", flush=True)
-        startup_summary(config, f"http://{url_host}:{port}")
+        log.info("listening on http://%s:%s", url_host, port)
         await stop.wait()
         log.info("shutting down: finishing in-flight requests and commits")
     finally:

@@ -31,8 +31,9 @@ from .auth import (
 from .config import Config
 from .errors import PayloadTooLarge
 
-PRINCIPAL = "rtis.principal"  # request key: the authenticated Principal, if any
-RATE = "rtis.rate"  # request key: the last RateStatus, for the RateLimit-* headers
+# aiohttp >= 3.14: typed request storage (a plain string key warns)
+PRINCIPAL = web.RequestKey("principal", Principal)  # the authenticated client, if any
+RATE = web.RequestKey("rate", RateStatus)  # the last charge, for the RateLimit-* headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Rule = Callable[[web.Request, Principal], None]
@@ -131,19 +132,13 @@ class Guard:
         return self.auth.authenticate(credential)
 
     def charge(self, request: web.Request, principal: Principal, cost: float) -> None:
-        """Take ``cost`` from the principal's bucket or raise 429 (413 if it never fits)."""
+        """Take ``cost`` from the principal's bucket or raise 429."""
         status = self.limiter.charge(principal, cost)
         if status is None:
             return
         request[RATE] = status
         if status.allowed:
             return
-        if math.isinf(status.retry_after):
-            raise PayloadTooLarge(
-                f"a request of {int(cost)} events exceeds the burst of {principal.burst} "
-                f"allowed to {principal.id}; send smaller batches",
-                code="batch_exceeds_burst",
-            )
         raise RateLimited(
             f"{principal.id} is over its rate limit of {principal.rate:g} events/s "
             f"(burst {principal.burst}); retry in {math.ceil(status.retry_after)} s",
@@ -159,9 +154,13 @@ def charge_events(request: web.Request, count: int) -> None:
     principal: Principal | None = request.get(PRINCIPAL)
     if principal is None or principal.rate <= 0:
         return
-    if count > principal.burst:
-        request.app[GUARD].charge(request, principal, math.inf)
-    elif count > 1:
+    if count > principal.burst:  # would never fit: waiting cannot help
+        raise PayloadTooLarge(
+            f"a batch of {count} events exceeds the burst of {principal.burst} events "
+            f"allowed to {principal.id}; send smaller batches",
+            code="batch_exceeds_burst",
+        )
+    if count > 1:
         request.app[GUARD].charge(request, principal, count - 1)
 
 

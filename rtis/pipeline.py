@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ def compile_queries(config: Config) -> dict[str, Any]:
     ConfigError naming each bad query (with line and column in its SQL)."""
     if not config.queries:
         return {}
-    from .sql import SqlError, compile_query, load_functions
+    from .sql import SqlError, WindowOptions, compile_query, load_functions
 
     errors: list[str] = []
     try:
@@ -54,13 +55,26 @@ def compile_queries(config: Config) -> dict[str, Any]:
     except (SqlError, ValueError) as e:
         raise ConfigError([f"functions: {e}"]) from e
     compiled: dict[str, Any] = {}
+    time_fields = {n: s.time_field for n, s in config.streams.items()}
     for name, q in config.queries.items():
         if name.lower() in RESERVED_TABLES or name.lower().startswith("sqlite_"):
             errors.append(f"queries.{name}: the name is reserved for rtis's own tables")
             continue
         try:
+            options = WindowOptions(
+                lateness_ms=round(q.lateness * 1000),
+                emit=q.emit,
+                late=q.late,
+                emit_interval=q.emit_interval,
+                idle_timeout=q.idle_timeout,
+            )
             compiled[name] = compile_query(
-                name, q.sql, streams=config.streams.keys(), functions=functions
+                name,
+                q.sql,
+                streams=config.streams.keys(),
+                functions=functions,
+                time_fields=time_fields,
+                options=options,
             )
         except SqlError as e:
             errors.append(f"queries.{name}.sql: {e}")
@@ -102,6 +116,7 @@ class RunnerStats:
     emitted: int = 0
     errors: int = 0
     catch_ups: int = 0
+    late: int = 0  # aggregate queries: events that came after their window closed
 
 
 class QueryRunner:
@@ -273,11 +288,284 @@ class QueryRunner:
                 await self.task
 
 
+def _reason(e: Exception) -> str:
+    return f"{type(e).__name__}: {e}" if not str(e) else str(e)
+
+
+class WindowedRunner(QueryRunner):
+    """Runs one aggregate query (GROUP BY, windows): see :mod:`rtis.windows`.
+
+    Each batch goes through the window state; the rows it emits, corrections of
+    late events, dead letters, the checkpoint AND the serialised window state
+    commit in one transaction, so a restart resumes exactly where the stored
+    rows left off. A ticker task advances the watermark with the wall clock
+    while the stream is idle (and flushes throttled changes); it shares a lock
+    with batch processing, since both change the window state.
+
+    Stored table: ``offset`` (of the message that last wrote the row),
+    ``time_ms`` (window start; live tables: the key's latest event time), the
+    output columns, ``revision`` (windows only), hidden ``<avg>__sum`` and
+    ``<avg>__count`` columns for re-aggregation, and ``_key`` (window start and
+    group key as JSON, the primary key rows are upserted by). With
+    late = "update" the accumulators of closed windows are kept in the table
+    ``"<name>:late"`` so a late event can correct its window's row.
+    """
+
+    def __init__(
+        self,
+        query: Any,
+        store: Store,
+        max_queued: int = MAX_QUEUED_MESSAGES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from .windows import WindowState
+
+        super().__init__(query, store, max_queued)
+        self.clock = clock
+        self.state = WindowState(query.state_plan, query.options)
+        self.windowed: bool = query.window.kind != "none"
+        self.keep_late: bool = self.windowed and query.options.late == "update"
+        self._committed_state: bytes | None = None
+        self._lock = asyncio.Lock()
+        self._ticker: asyncio.Task[None] | None = None
+        o = query.options
+        interval = min(1.0, o.idle_timeout / 4)
+        if o.emit == "changes":
+            interval = min(interval, o.emit_interval / 2)
+        self.tick_interval = max(0.02, interval)
+        self._visible: tuple[str, ...] = tuple(query.columns)
+        self._hidden: tuple[str, ...] = tuple(query.hidden_columns)
+        stored = [
+            "offset",
+            "time_ms",
+            *self._visible,
+            *(["revision"] if self.windowed else []),
+            *self._hidden,
+            "_key",
+        ]
+        table = quote(self.name)
+        self._late_table = quote(self.name + ":late")
+        self._upsert_sql = (
+            f"INSERT INTO {table} ({', '.join(quote(c) for c in stored)})"
+            f" VALUES ({', '.join('?' * len(stored))}) ON CONFLICT (_key) DO UPDATE SET "
+            + ", ".join(f"{quote(c)} = excluded.{quote(c)}" for c in stored[:-1])
+        )
+        self._delete_sql = f"DELETE FROM {table} WHERE _key = ?"
+
+    async def start(self) -> None:
+        self.position, blob = await self.store.write(self._prepare)
+        if blob is not None:
+            self.state.restore(blob, self.clock())
+        self._committed_state = self.state.snapshot()
+        self.task = asyncio.create_task(self._run(), name=f"rtis-query-{self.name}")
+        self._ticker = asyncio.create_task(self._tick_loop(), name=f"rtis-ticker-{self.name}")
+
+    def _prepare(self, txn: Txn) -> tuple[int, bytes | None]:  # type: ignore[override]
+        """Create the tables; reset them if the query or its window settings changed.
+        Returns the checkpoint and the window state to resume from."""
+        conn = txn.conn
+        fingerprint = self.query.fingerprint
+        row = conn.execute(
+            "SELECT sql, offset, state FROM checkpoints WHERE query = ?", (self.name,)
+        ).fetchone()
+        if row is not None and row[0] == fingerprint:
+            return int(row[1]), row[2]
+        if row is not None:
+            log.info("query %s: its SQL or window settings changed; recomputing", self.name)
+        table = quote(self.name)
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
+        conn.execute(f"DROP TABLE IF EXISTS {self._late_table}")
+        txn.delete_topic_messages(self.name)
+        cols = "".join(f", {quote(c)}" for c in self._visible)
+        revision = ", revision INTEGER NOT NULL DEFAULT 0" if self.windowed else ""
+        hidden = "".join(f", {quote(c)}" for c in self._hidden)
+        conn.execute(
+            f"CREATE TABLE {table} (offset INTEGER NOT NULL, time_ms INTEGER NOT NULL"
+            f"{cols}{revision}{hidden}, _key TEXT PRIMARY KEY)"
+        )
+        conn.execute(f"CREATE INDEX {quote(self.name + '_time')} ON {table} (time_ms)")
+        conn.execute(f"CREATE INDEX {quote(self.name + '_offset')} ON {table} (offset)")
+        if self.keep_late:
+            conn.execute(
+                f"CREATE TABLE {self._late_table} (_key TEXT PRIMARY KEY, acc TEXT NOT NULL,"
+                " revision INTEGER NOT NULL)"
+            )
+        conn.execute(
+            "INSERT INTO checkpoints (query, sql, offset) VALUES (?, ?, 0)"
+            " ON CONFLICT (query) DO UPDATE SET sql = excluded.sql, offset = 0, state = NULL",
+            (self.name, fingerprint),
+        )
+        return 0, None
+
+    async def _loop(self) -> None:
+        # After a failed commit (the runner retries from its checkpoint) the window
+        # state must be the committed one again, or events would count twice.
+        async with self._lock:
+            if self._committed_state is not None:
+                self.state.restore(self._committed_state, self.clock())
+        await super()._loop()
+
+    async def _process(self, messages: list[Message]) -> None:
+        async with self._lock:
+            state = self.state
+            now = self.clock()
+            failures: list[tuple[Message, str]] = []
+            late_updates: list[Any] = []
+            late = 0
+            for m in messages:
+                try:
+                    result = state.add(m.parsed(), m.time_ms, now)
+                except Exception as e:  # EvalError, a failing user function
+                    failures.append((m, _reason(e)))
+                    continue
+                if result is not None:
+                    late += 1
+                    if result.updates:
+                        late_updates.extend(result.updates)
+                    else:
+                        failures.append((m, result.reason))
+            last = messages[-1].offset
+            await self._commit_state(failures, late_updates, last, now)
+            self.position = last
+            self.stats.processed += len(messages)
+            self.stats.errors += len(failures) - (late - len(late_updates) if late else 0)
+            self.stats.late += late
+
+    async def tick(self) -> None:
+        """Advance the watermark with the wall clock if the stream is idle, flush
+        throttled changes, and commit what that emits."""
+        if self._queue or self.behind:
+            return  # not idle: events are waiting
+        async with self._lock:
+            now = self.clock()
+            self.state.advance(now)
+            await self._commit_state([], [], self.position, now)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_interval)
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("query %s: the idle watermark could not be committed", self.name)
+
+    async def _commit_state(
+        self,
+        failures: list[tuple[Message, str]],
+        late_updates: list[Any],
+        last: int,
+        now: float,
+    ) -> None:
+        """Outputs, corrections, dead letters, the checkpoint and the window state:
+        one transaction. On failure the state goes back to the committed one."""
+        state = self.state
+        emits = state.take(now)
+        errors, state.errors = state.errors, []
+        if not (emits or failures or late_updates or errors) and last == self.position:
+            return
+        snapshot = state.snapshot()
+        try:
+            published = await self.store.write(
+                lambda txn: self._commit_windows(
+                    txn, emits, late_updates, failures, errors, last, snapshot
+                ),
+                size=len(emits) + len(late_updates) + len(failures) + 1,
+                bounded=False,
+            )
+        except BaseException:
+            if self._committed_state is not None:
+                state.restore(self._committed_state, now)
+            raise
+        self._committed_state = snapshot
+        self.stats.emitted += published
+
+    def _commit_windows(
+        self,
+        txn: Txn,
+        emits: list[Any],
+        late_updates: list[Any],
+        failures: list[tuple[Message, str]],
+        errors: list[str],
+        last: int,
+        snapshot: bytes,
+    ) -> int:
+        """Runs in the writer thread; returns the number of messages published."""
+        conn = txn.conn
+        published = 0
+        late_rows = []
+        for e in emits:
+            published += self._store_emit(txn, e, 0)
+            if self.keep_late and e.final and e.acc is not None:
+                late_rows.append((e.ident, e.acc.decode(), 0))
+        if late_rows:
+            conn.executemany(
+                f"INSERT OR REPLACE INTO {self._late_table} (_key, acc, revision) VALUES (?, ?, ?)",
+                late_rows,
+            )
+        for u in late_updates:
+            row = conn.execute(
+                f"SELECT acc, revision FROM {self._late_table} WHERE _key = ?", (u.ident,)
+            ).fetchone()
+            data, emit = self.state.apply_late(row[0].encode() if row else None, u)
+            revision = row[1] + 1 if row else 1
+            conn.execute(
+                f"INSERT OR REPLACE INTO {self._late_table} (_key, acc, revision) VALUES (?, ?, ?)",
+                (u.ident, data.decode(), revision),
+            )
+            if emit is not None:
+                published += self._store_emit(txn, emit, revision)
+        for m, reason in failures:
+            txn.dead_letter(self.source, self.name, reason, None, m.data)
+        for reason in errors + self.state.errors:
+            txn.dead_letter(self.source, self.name, reason, None, b"{}")
+        self.state.errors.clear()
+        conn.execute(
+            "UPDATE checkpoints SET offset = ?, state = ? WHERE query = ?",
+            (last, snapshot, self.name),
+        )
+        return published
+
+    def _store_emit(self, txn: Txn, e: Any, revision: int) -> int:
+        """Upsert (or retract) one emitted row and publish it; returns messages published."""
+        conn = txn.conn
+        if e.retract:
+            conn.executemany(self._delete_sql, [(i,) for i in e.retract])
+        if not e.keep and not e.retract:
+            return 0
+        data = dict(e.row)
+        if revision:
+            data["revision"] = revision
+        if not e.keep:
+            data["retracted"] = True
+        offset = txn.append(self.name, e.time_ms, None, orjson.dumps(data))
+        if e.keep:
+            values = [sql_value(e.row.get(c)) for c in self._visible]
+            if self.windowed:
+                values.append(revision)
+            values.extend(e.hidden[h] for h in self._hidden)
+            conn.execute(self._upsert_sql, (offset, e.time_ms, *values, e.ident))
+        return 1
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        await super().stop()
+
+
 class Pipeline:
     """All query runners; ``feed`` is wired to the store's ``on_commit``."""
 
     def __init__(self, queries: Iterable[Any], store: Store) -> None:
-        self.runners = [QueryRunner(q, store) for q in queries]
+        from .sql_aggregate import AggregateQuery
+
+        self.runners: list[QueryRunner] = [
+            WindowedRunner(q, store) if isinstance(q, AggregateQuery) else QueryRunner(q, store)
+            for q in queries
+        ]
         self._by_source: dict[str, list[QueryRunner]] = {}
         for r in self.runners:
             self._by_source.setdefault(r.source, []).append(r)

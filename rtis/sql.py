@@ -22,17 +22,21 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, SqlglotError
 
+from rtis.sql_aggregate import AggregateQuery, compile_aggregate, is_aggregate
 from rtis.sql_expr import SUPPORTED_SYNTAX, ExprCompiler, RtisDialect, node_offset
 from rtis.sql_functions import check_user_functions, load_functions
 from rtis.sql_ops import Fn, Pred
 from rtis.sql_values import EvalError, Row, SqlError
+from rtis.windows import WindowOptions
 
 __all__ = [
+    "AggregateQuery",
     "CompiledQuery",
     "EvalError",
     "ExprCompiler",
     "Row",
     "SqlError",
+    "WindowOptions",
     "compile_condition",
     "compile_query",
     "load_functions",
@@ -87,14 +91,29 @@ def compile_query(
     *,
     streams: Collection[str],
     functions: Mapping[str, Callable[..., Any]] | None = None,
-) -> CompiledQuery:
-    """Compile ``SELECT ... FROM <stream> [WHERE ...]``; SqlError says what is wrong and where.
+    time_fields: Mapping[str, str | None] | None = None,
+    options: WindowOptions | None = None,
+) -> CompiledQuery | AggregateQuery:
+    """Compile ``SELECT ... FROM <stream> [WHERE ...]``, or an aggregate query
+    (``GROUP BY``, see :mod:`rtis.sql_aggregate`); SqlError says what is wrong and where.
 
+    ``time_fields`` (stream -> its time_field) lets a window check that it names
+    the stream's event time; ``options`` are the query's window settings.
     A bad ``functions`` mapping (name clashing with a built-in, not callable)
     raises ValueError.
     """
-    compiler, select = parse_select(name, sql, functions)
+    compiler, select = parse_select(name, sql, functions, aggregate=True)
     source = _source(compiler, select, streams)
+    if is_aggregate(select):
+        return compile_aggregate(
+            name,
+            compiler,
+            select,
+            source,
+            time_field=(time_fields or {}).get(source),
+            check_time_field=time_fields is not None,
+            options=options or WindowOptions(),
+        )
     items = list(select.expressions)
     select_star = bool(items) and isinstance(items[0], exp.Star)
     if select_star:
@@ -140,12 +159,18 @@ def compile_condition(
 
 
 def parse_select(
-    name: str, sql: str, functions: Mapping[str, Callable[..., Any]] | None = None
+    name: str,
+    sql: str,
+    functions: Mapping[str, Callable[..., Any]] | None = None,
+    *,
+    aggregate: bool = False,
 ) -> tuple[ExprCompiler, exp.Select]:
-    """Parse exactly one plain SELECT, refusing every clause a stateless query cannot have.
+    """Parse exactly one plain SELECT, refusing every clause a stateless query cannot have
+    (``aggregate=True`` lets GROUP BY and HAVING through, for the aggregate compiler).
 
     Returns the expression compiler for the query (to compile its expressions) and the tree.
     """
+    allowed = _ALLOWED_ARGS | {"group", "having"} if aggregate else _ALLOWED_ARGS
     compiler = ExprCompiler(name, sql, check_user_functions(functions))
     _check_length(compiler, sql)
     statements = [
@@ -172,7 +197,7 @@ def parse_select(
             offset=len(sql) - len(sql.lstrip()),
         )
     for key, value in select.args.items():
-        if value and key not in _ALLOWED_ARGS:
+        if value and key not in allowed:
             label, pattern = _CLAUSES.get(key, (key.upper(), r"\b" + re.escape(key) + r"\b"))
             hint = (
                 " (windowed aggregation is not available in stateless queries)"

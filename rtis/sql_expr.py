@@ -6,8 +6,9 @@ The closures specialise on what is known at compile time (a plain field, a
 literal operand, a constant sub-expression) so that evaluating an event never
 dispatches on node types. It must not ``eval``/``exec`` user text, never use
 ``getattr`` with a name from the SQL, and never walk the tree per event; field
-access is only ever ``dict.get`` on the event. Windowed aggregation will reuse
-:meth:`ExprCompiler.value` and :meth:`ExprCompiler.predicate`.
+access is only ever ``dict.get`` on the event. Aggregate queries
+(:mod:`rtis.sql_aggregate`) reuse :meth:`ExprCompiler.value` and
+:meth:`ExprCompiler.predicate`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 from sqlglot import exp
 from sqlglot.dialects.sqlite import SQLite
+from sqlglot.tokenizer_core import TokenType
 
 from rtis.sql_functions import (
     AGGREGATES,
@@ -78,6 +80,8 @@ class RtisDialect(SQLite):
     class Parser(_SQLiteParser):  # type: ignore[misc]
         FUNCTIONS: dict[str, Any] = {}  # noqa: RUF012 - sqlglot's own class-level tables
         FUNCTION_PARSERS = {"CAST": SQLite.Parser.FUNCTION_PARSERS["CAST"]}  # noqa: RUF012
+        # SESSION is a keyword to sqlglot; as a call it is the SESSION window.
+        FUNC_TOKENS = {*SQLite.Parser.FUNC_TOKENS, TokenType.SESSION}  # noqa: RUF012
 
 
 _CMP_OPS: dict[type[exp.Expression], tuple[Callable[[Any, Any], bool], str]] = {
@@ -117,7 +121,8 @@ for _names, _target in (
 
 SUPPORTED_SYNTAX = (
     "supported: SELECT * | SELECT *, <expr> AS <name> | SELECT <expr> [AS <name>], ... "
-    "FROM <stream> [WHERE <condition>]"
+    "FROM <stream> [WHERE <condition>] [GROUP BY <expr>, ... [, TUMBLE(...) | HOP(...) | "
+    "SESSION(...)] [HAVING <condition>]]"
 )
 
 
@@ -619,8 +624,8 @@ class ExprCompiler:
         sql = self.sql_of(node)
         if name in AGGREGATES:
             raise self.error(
-                f"aggregate function {name}() needs GROUP BY, which stateless queries do not "
-                f"support yet; {SUPPORTED_SYNTAX}",
+                f"aggregate function {name}() is only allowed in the SELECT list and HAVING "
+                f"of an aggregate query; {SUPPORTED_SYNTAX}",
                 node,
             )
         if any(isinstance(a, exp.Star) for a in args):

@@ -283,3 +283,108 @@ async def test_query_outputs_after_kill_9_and_restart_equal_an_uninterrupted_run
     finally:
         conn_a.close()
         conn_b.close()
+
+
+WINDOW_CONFIG = """
+[server]
+database = "data.db"
+durability = "normal"
+
+[streams.orders]
+dedupe_key = "id"
+time_field = "ts"
+
+[queries.sales]
+sql = '''
+SELECT region, count(*) AS orders, sum(slow(amount)) AS total, avg(amount) AS mean,
+       count(DISTINCT amount % 7) AS kinds
+FROM orders GROUP BY region, TUMBLE(ts, INTERVAL '1' MINUTE)
+'''
+lateness = "3s"
+idle_timeout = "1h"
+
+[functions]
+slow = "tests.userfuncs:slow"
+"""
+W0 = 1_700_000_040.0  # a minute boundary
+
+
+def _window_orders(lo: int, hi: int) -> list[dict[str, Any]]:
+    # 0.1 s apart, up to 1.8 s out of order (within lateness), three regions
+    return [
+        {
+            "id": i,
+            "ts": W0 + i * 0.1 - (i % 7) * 0.3,
+            "region": ["eu", "us", "asia"][i % 3],
+            "amount": i,
+        }
+        for i in range(lo, hi)
+    ]
+
+
+async def _post_window_orders(session: aiohttp.ClientSession, url: str, events: list[Any]) -> None:
+    for k in range(0, len(events), 100):
+        async with session.post(
+            f"{url}/events/orders",
+            data=orjson.dumps(events[k : k + 100]),
+            headers={"Content-Type": "application/json"},
+        ) as r:
+            assert r.status == 202
+
+
+async def _window_rows(session: aiohttp.ClientSession, url: str, n: int) -> list[dict[str, Any]]:
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        async with session.get(f"{url}/api/queries/sales/rows?limit=10000") as r:
+            rows: list[dict[str, Any]] = (await r.json())["rows"]
+        if len(rows) >= n or asyncio.get_running_loop().time() > deadline:
+            return rows
+        await asyncio.sleep(0.05)
+
+
+async def test_window_rows_after_kill_9_mid_window_equal_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    total = 1500  # 2.5 minutes of orders
+    events = _window_orders(0, total)
+    sentinel = [{"id": "end", "ts": W0 + 3600, "region": "zz", "amount": 0}]  # closes all
+    expected = len({(int((e["ts"] - W0) // 60), e["region"]) for e in events})
+    async with aiohttp.ClientSession() as session:
+        straight = tmp_path / "straight"
+        straight.mkdir()
+        server = Server(["--config", str(write_config(straight, WINDOW_CONFIG))], straight)
+        await _post_window_orders(session, server.url, events + sentinel)
+        reference = await _window_rows(session, server.url, expected)
+        server.stop()
+
+        crashed = tmp_path / "crashed"
+        crashed.mkdir()
+        cfg = write_config(crashed, WINDOW_CONFIG)
+        server = Server(["--config", str(cfg)], crashed)
+        await _post_window_orders(session, server.url, events[: total // 2 + 50])
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:  # wait until part of the input is checkpointed with its window state
+            conn = sqlite3.connect(crashed / "data.db")
+            [(checkpoint, state)] = conn.execute("SELECT offset, state FROM checkpoints").fetchall()
+            conn.close()
+            if checkpoint > 200 or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        server.kill9()
+        assert 0 < checkpoint < total // 2 + 50, "killed while the query was mid-way"
+        assert orjson.loads(state)["windows"], "killed with windows open"
+        server = Server(["--config", str(cfg)], crashed)
+        await _post_window_orders(session, server.url, events[total // 2 + 50 :] + sentinel)
+        resumed = await _window_rows(session, server.url, expected)
+        server.stop()
+
+    assert len(reference) == expected
+    assert resumed == reference  # same rows, same offsets, same revisions
+    q = "SELECT * FROM sales ORDER BY offset"
+    conn_a = sqlite3.connect(straight / "data.db")
+    conn_b = sqlite3.connect(crashed / "data.db")
+    try:
+        assert conn_a.execute(q).fetchall() == conn_b.execute(q).fetchall()
+    finally:
+        conn_a.close()
+        conn_b.close()
