@@ -136,10 +136,10 @@ class QueryRunner:
         self._columns: tuple[str, ...] = (
             ("data", *query.columns) if query.select_star else tuple(query.columns)
         )
-        self._insert_sql = "INSERT INTO {} (offset, time_ms{}) VALUES (?, ?{})".format(
+        self._insert_sql = "INSERT INTO {} (offset, time_ms{}) SELECT {} FROM json_each(?)".format(
             quote(self.name),
             "".join(", " + quote(c) for c in self._columns),
-            ", ?" * len(self._columns),
+            ", ".join(f"value ->> {i}" for i in range(2 + len(self._columns))),
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -241,7 +241,7 @@ class QueryRunner:
         failures: list[tuple[Message, str]] = []
         for m in messages:
             try:
-                out = run(orjson.loads(m.data))
+                out = run(m.parsed())
                 if out is not None:
                     outputs.append((m.time_ms, out, orjson.dumps(out)))
             except Exception as e:  # EvalError, a failing user function, an unencodable value
@@ -265,18 +265,23 @@ class QueryRunner:
         last: int,
     ) -> None:
         """Outputs, dead letters and the checkpoint: one transaction (writer thread)."""
-        rows = []
-        star = self.query.select_star
-        extra = self.query.columns
-        for time_ms, out, data in outputs:
-            offset = txn.append(self.name, time_ms, None, data)
-            if star:
-                values = [data.decode(), *(sql_value(out.get(c)) for c in extra)]
+        if outputs:
+            offsets = txn.append_many(self.name, [(t, None, data) for t, _, data in outputs])
+            # One statement for all rows, as the store does for messages. The
+            # values go through JSON: SQLite's ->> gives objects and arrays back
+            # as JSON text, and every output already passed orjson.dumps.
+            extra = self.query.columns
+            if self.query.select_star:
+                rows = [
+                    [o, t, orjson.Fragment(data), *[out[c] for c in extra]]
+                    for o, (t, out, data) in zip(offsets, outputs, strict=True)
+                ]
             else:
-                values = [sql_value(out.get(c)) for c in extra]
-            rows.append((offset, time_ms, *values))
-        if rows:
-            txn.conn.executemany(self._insert_sql, rows)
+                rows = [
+                    [o, t, *[out[c] for c in extra]]
+                    for o, (t, out, _) in zip(offsets, outputs, strict=True)
+                ]
+            txn.conn.execute(self._insert_sql, (orjson.dumps(rows),))
         for m, reason in failures:
             txn.dead_letter(self.source, self.name, reason, None, m.data)
         txn.conn.execute("UPDATE checkpoints SET offset = ? WHERE query = ?", (last, self.name))

@@ -26,6 +26,8 @@ from .ingest import Limits, decode_body, format_time, invalid_error, prepare
 from .metrics import METRICS, Metrics, metrics_handler
 from .metrics import middleware as metrics_middleware
 from .pipeline import Pipeline, compile_queries, quote
+from .retention import for_app as retention_for_app
+from .sql_aggregate import AggregateQuery, ReaggregationError, reaggregate, reaggregation_problem
 from .sse import SseEndpoint
 from .store import Committed, Store
 from .ws import Hub, WebSocketEndpoint
@@ -182,6 +184,14 @@ async def query_rows(request: web.Request) -> web.Response:
         raise NotFound(f"no query {name!r}", code="unknown_query")
     store = request.app[STORE]
     limit = _int_param(request, "limit", DEFAULT_READ_LIMIT, 1, MAX_READ_LIMIT)
+    query = next((r.query for r in request.app[PIPELINE].runners if r.name == name), None)
+    if isinstance(query, AggregateQuery):
+        return await _aggregate_rows(request, query, limit)
+    if "per" in request.query or "tz" in request.query:
+        raise BadRequest(
+            f"per= and tz= re-aggregate windowed rows; query {name!r} has no GROUP BY",
+            code="bad_parameter",
+        )
     async with store.reader() as conn:
         async with conn.execute(f"SELECT * FROM {quote(name)} LIMIT 0") as cur:
             columns = [d[0] for d in cur.description]
@@ -213,6 +223,76 @@ async def query_rows(request: web.Request) -> web.Response:
     for row in rows:
         item = {"offset": row[0], "time": format_time(row[1])}
         item.update(zip(columns[2:], row[2:], strict=True))
+        out.append(item)
+    return json_response({"query": name, "rows": out})
+
+
+async def _aggregate_rows(request: web.Request, query: AggregateQuery, limit: int) -> web.Response:
+    """Rows of an aggregate query: one per group (and window), ordered by window
+    start; ``per=minute|hour|day`` (with ``tz=``) merges windows into buckets."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    name = query.name
+    windowed = query.window.kind != "none"
+    visible = list(query.columns) + (["revision"] if windowed else [])
+    params = request.query
+    per = params.get("per")
+    zone: Any = None
+    if "tz" in params:
+        if per is None:
+            raise BadRequest("tz= sets the day boundaries of per=; add per=", code="bad_parameter")
+        try:
+            zone = ZoneInfo(params["tz"])
+        except (ZoneInfoNotFoundError, ValueError):
+            raise BadRequest(
+                f"unknown time zone {params['tz']!r}; use an IANA name such as Europe/Paris",
+                code="bad_parameter",
+            ) from None
+    if per is not None:
+        problem = reaggregation_problem(query, per)
+        if problem is not None:
+            raise BadRequest(f"cannot re-aggregate {name!r} per {per}: {problem}", code="bad_per")
+    where: list[str] = []
+    args: list[Any] = []
+    for key, value in params.items():
+        if key in ("limit", "from", "to", "per", "tz"):
+            continue
+        if key not in visible:
+            raise BadRequest(
+                f"unknown column {key!r}; columns: {', '.join(visible)}", code="bad_parameter"
+            )
+        where.append(f"{quote(key)} = ?")
+        args.append(_coerce(value))
+    for key, op in (("from", ">="), ("to", "<")):
+        if key in params:
+            where.append(f"time_ms {op} ?")
+            args.append(_time_param(key, params[key]))
+    where_sql = " WHERE " + " AND ".join(where) if where else ""
+    table = quote(name)
+    if per is not None:
+        stored = ["time_ms", *query.columns, *query.hidden_columns]
+        sql = f"SELECT {', '.join(quote(c) for c in stored)} FROM {table}{where_sql}"
+        async with request.app[STORE].reader() as conn, conn.execute(sql, args) as cur:
+            rows = [dict(zip(stored, r, strict=True)) for r in await cur.fetchall()]
+        try:
+            merged = reaggregate(query, rows, per, zone or ZoneInfo("UTC"))
+        except ReaggregationError as e:
+            raise BadRequest(
+                f"cannot re-aggregate {name!r} per {per}: {e}", code="bad_per"
+            ) from None
+        return json_response({"query": name, "per": per, "rows": merged[-limit:]})
+    stored = ["offset", "time_ms", *visible]
+    sql = (
+        f"SELECT {', '.join(quote(c) for c in stored)} FROM {table}{where_sql}"
+        " ORDER BY time_ms DESC, offset DESC LIMIT ?"
+    )
+    async with request.app[STORE].reader() as conn, conn.execute(sql, [*args, limit]) as cur:
+        rows_ = list(await cur.fetchall())
+    rows_.reverse()
+    out = []
+    for row in rows_:
+        item = {"offset": row[0], "time": format_time(row[1])}
+        item.update(zip(visible, row[2:], strict=True))
         out.append(item)
     return json_response({"query": name, "rows": out})
 
@@ -325,6 +405,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     app[HUB] = hub
     app[PIPELINE] = pipeline
     app[METRICS].bind(store=store, hub=hub, pipeline=pipeline)
+    retention = retention_for_app(store, config, pipeline, app[METRICS])
     app[WS] = WebSocketEndpoint(
         store,
         hub,
@@ -345,6 +426,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     )
     try:
         await pipeline.start()
+        retention.start()
         log.debug(  # rtis serve logs the full startup summary once it listens (logs.py)
             "rtis %s: config %s, database %s, streams: %s, queries: %s",
             __version__,
@@ -355,6 +437,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         )
         yield
     finally:
+        await retention.stop()
         await pipeline.stop()
         await store.close()
 
