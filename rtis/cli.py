@@ -53,6 +53,17 @@ def _parser() -> argparse.ArgumentParser:
         help="allow listening on a non-loopback address without [auth]",
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument(
+        "--log-format",
+        default="plain",
+        choices=["plain", "json"],
+        help="log lines on stderr as plain text or as JSON objects (default plain)",
+    )
+    serve.add_argument(
+        "--access-log",
+        action="store_true",
+        help="log one line per HTTP request (off by default; overrides server.access_log)",
+    )
 
     check = sub.add_parser(
         "check",
@@ -60,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate the configuration and print every problem, or a summary.",
     )
     _config_arg(check)
+
+    from .client import add_send_parser, add_tail_parser
+    from .loadgen import add_bench_parser
+
+    add_send_parser(sub)
+    add_tail_parser(sub)
+    add_bench_parser(sub)
 
     keys = sub.add_parser(
         "keys",
@@ -102,6 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
+    if getattr(args, "run", None) is not None:  # send, tail, bench: clients, no config
+        return int(args.run(args))
     if args.command == "keys":
         return _keys_new(args)
     try:
@@ -193,16 +213,17 @@ def _serve(config: Config, args: Any) -> int:
         overrides["port"] = args.port
     if args.db is not None:
         overrides["database"] = args.db
+    if getattr(args, "access_log", False):
+        overrides["access_log"] = True
     if overrides:
         config = replace_server(config, **overrides)
     if args.db is not None:
         from dataclasses import replace
 
         config = replace(config, path=None)  # --db is relative to the working directory
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from .logs import setup_logging
+
+    setup_logging(args.log_level, getattr(args, "log_format", "plain"))
     if config.auth is None and not _is_loopback(config.server.host) and not args.insecure:
         print(
             f"rtis: refusing to listen on {config.server.host}: no [auth] is configured, so "
@@ -235,6 +256,7 @@ def _serve(config: Config, args: Any) -> int:
 
 
 async def _run(config: Config) -> None:
+    from .logs import access_log_args, startup_summary
     from .server import create_app
 
     app = create_app(config)
@@ -242,7 +264,7 @@ async def _run(config: Config) -> None:
         app,
         handle_signals=False,
         shutdown_timeout=config.server.shutdown_timeout,
-        access_log=None,
+        **access_log_args(config.server.access_log),
     )
     await runner.setup()
     stop = asyncio.Event()
@@ -257,7 +279,7 @@ async def _run(config: Config) -> None:
         url_host = f"[{host}]" if ":" in host else host
         # Tests and scripts read this line to find the port when --port 0.
         print(f"rtis listening on http://{url_host}:{port}", flush=True)
-        log.info("listening on http://%s:%s", url_host, port)
+        startup_summary(config, f"http://{url_host}:{port}")
         await stop.wait()
         log.info("shutting down: finishing in-flight requests and commits")
     finally:

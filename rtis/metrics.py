@@ -137,6 +137,12 @@ class Metrics:
         self.commit_seconds.observe(seconds)
         self.commit_events.observe(size)
 
+    def purged(self, table: str, rows: int) -> None:
+        self.retention_purged[table] = self.retention_purged.get(table, 0) + rows
+
+    def retention_ran(self) -> None:
+        self.retention_runs += 1
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -89,6 +89,7 @@ SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json
 # that the first waiter of a batch is not kept long.
 MAX_EVENTS_PER_COMMIT = 20_000
 READ_CONNECTIONS = 3
+WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes
 
 
 @dataclass(slots=True)
@@ -392,6 +393,9 @@ class Store:
         sync = "FULL" if self.durability == "full" else "NORMAL"
         conn.execute(f"PRAGMA synchronous = {sync}")
         conn.execute("PRAGMA busy_timeout = 5000")
+        # After a checkpoint resets the WAL, cut its file back to this size, so
+        # one burst does not leave a large WAL behind for good (see operations.md).
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         conn.executescript(SCHEMA)
         for name, kind in topics:
             conn.execute("INSERT OR IGNORE INTO topics (name, kind) VALUES (?, ?)", (name, kind))
@@ -562,6 +566,10 @@ class Store:
             yield conn
         finally:
             self._readers.put_nowait(conn)
+
+    def topic_id(self, topic: str) -> int:
+        """The id of ``topic`` in the ``topics`` table (``messages.topic_id``)."""
+        return self._topic_ids[topic]
 
     def topics(self) -> dict[str, str]:
         """Every topic name -> kind."""
