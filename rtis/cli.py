@@ -14,7 +14,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -79,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     add_tail_parser(sub)
     add_bench_parser(sub)
 
+    from .demo import add_demo_parser
+
+    add_demo_parser(sub)
+
     keys = sub.add_parser(
         "keys",
         help="make API keys",
@@ -120,6 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
+    if args.command == "demo":
+        from .demo import run_demo
+
+        return run_demo(args)
     if getattr(args, "run", None) is not None:  # send, tail, bench: clients, no config
         return int(args.run(args))
     if args.command == "keys":
@@ -255,7 +263,10 @@ def _serve(config: Config, args: Any) -> int:
     return 0
 
 
-async def _run(config: Config) -> None:
+async def _run(
+    config: Config, companion: Callable[[str], Coroutine[Any, Any, None]] | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM; ``companion(url)`` runs alongside (``rtis demo``)."""
     from .logs import access_log_args, startup_summary
     from .server import create_app
 
@@ -271,6 +282,7 @@ async def _run(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    side: asyncio.Task[None] | None = None
     try:
         site = web.TCPSite(runner, config.server.host, config.server.port, reuse_address=True)
         await site.start()
@@ -280,9 +292,15 @@ async def _run(config: Config) -> None:
         # Tests and scripts read this line to find the port when --port 0.
         print(f"rtis listening on http://{url_host}:{port}", flush=True)
         startup_summary(config, f"http://{url_host}:{port}")
+        if companion is not None:
+            side = asyncio.create_task(companion(f"http://{url_host}:{port}"))
         await stop.wait()
         log.info("shutting down: finishing in-flight requests and commits")
     finally:
+        if side is not None:
+            side.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await side
         with contextlib.suppress(Exception):
             await runner.cleanup()
         log.info("stopped")
