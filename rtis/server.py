@@ -25,6 +25,7 @@ from .http_auth import install as install_auth
 from .ingest import Limits, decode_body, format_time, invalid_error, prepare
 from .metrics import METRICS, Metrics, metrics_handler
 from .metrics import middleware as metrics_middleware
+from .openapi import openapi_handler
 from .pipeline import Pipeline, compile_queries, quote
 from .retention import for_app as retention_for_app
 from .sql_aggregate import AggregateQuery, ReaggregationError, reaggregate, reaggregation_problem
@@ -529,4 +530,5 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/api/queries/{name}/rows", query_rows)
     app.router.add_get("/api/dead-letters", list_dead_letters)
     app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/openapi.json", openapi_handler)
     return app
