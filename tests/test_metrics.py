@@ -153,3 +153,16 @@ async def test_apps_in_one_process_have_separate_registries(
     assert value(await scrape(b), "rtis_events_accepted_total", stream="events") == 0
     # process metrics come along too
     assert ("process_cpu_seconds_total", ()) in await scrape(b)
+
+
+async def test_every_rtis_metric_is_documented_in_operations_md(start: ClientFactory) -> None:
+    from pathlib import Path
+
+    client = await start(
+        streams={"orders": {}}, queries={"q": {"sql": "SELECT * FROM orders WHERE a > 1"}}
+    )
+    text = await (await client.get("/metrics")).text()
+    families = {f.name for f in text_string_to_metric_families(text) if f.name.startswith("rtis_")}
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
+    missing = sorted(name for name in families if name not in doc)
+    assert not missing, f"docs/operations.md does not describe {missing}"
