@@ -200,18 +200,24 @@ def compile_aggregate(
                     f"output column {wname!r} clashes with the window's {wname}; rename it with AS",
                     select,
                 )
-        if not any(c.role == "window_start" for c in columns):
-            at = 0
-            while at < len(columns) and columns[at].role == "group":
-                at += 1
-            columns[at:at] = [
-                OutputColumn("window_start", "window_start", "window_start"),
-                OutputColumn("window_end", "window_end", "window_end"),
-            ]
-            fns[at:at] = [
-                ("window_start", lambda env: env["window_start"]),
-                ("window_end", lambda env: env["window_end"]),
-            ]
+        # Every row carries its window's bounds: add those not selected, next to
+        # the other bound or else after the leading key columns.
+        roles = [c.role for c in columns]
+        for wname, other, after in (
+            ("window_start", "window_end", False),
+            ("window_end", "window_start", True),
+        ):
+            if wname in roles:
+                continue
+            if other in roles:
+                at = roles.index(other) + (1 if after else 0)
+            else:
+                at = 0
+                while at < len(columns) and columns[at].role == "group":
+                    at += 1
+            columns.insert(at, OutputColumn(wname, wname, wname))
+            fns.insert(at, (wname, _window_bound(wname)))
+            roles = [c.role for c in columns]
 
     # -- HAVING, which may name output aliases (as SQLite allows)
     having_node = select.args.get("having")
@@ -258,6 +264,10 @@ def compile_aggregate(
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _window_bound(name: str) -> Callable[[Row], Any]:
+    return lambda env: env[name]
 
 
 def _select_aliases(compiler: ExprCompiler, select: exp.Select) -> dict[str, exp.Expression]:
@@ -463,8 +473,10 @@ class _Rewriter:
         index = self._dedupe.get(dedupe)
         if index is None:
             index = self._dedupe[dedupe] = len(self.aggregates)
-            fn = compiler.value(arg) if arg is not None else None
-            self.aggregates.append(Aggregate(kind, fn, sql))
+            compiled = compiler.expr(arg) if arg is not None else None
+            fn = compiled.fn if compiled is not None else None
+            name = compiled.field if compiled is not None else None
+            self.aggregates.append(Aggregate(kind, fn, sql, name))
         self.index_of[sql] = index
         return index
 

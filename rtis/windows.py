@@ -84,6 +84,7 @@ class Aggregate:
     kind: str
     arg: Fn | None
     sql: str
+    field: str | None = None  # when the argument is a plain top-level field
 
 
 @dataclass(frozen=True)
@@ -333,6 +334,7 @@ class WindowState:
         self._preps = tuple(self._prep(a) for a in plan.aggregates)
         self._updaters = tuple(_UPDATERS[k] for k in self.kinds)
         self._where = plan.where
+        self._lateness = options.lateness_ms
         self._key = self._key_fn()
         kind = plan.window.kind
         self._add_group: Callable[[Key, list[Any], int], Late | None] = (
@@ -378,9 +380,23 @@ class WindowState:
     # -- events ----------------------------------------------------------------
 
     def _prep(self, agg: Aggregate) -> Callable[[Row], Any]:
+        """The closure reading (and type-checking) an aggregate's argument."""
         arg = agg.arg
         if agg.kind == "count_star" or arg is None:
             return lambda r: 1
+        name = agg.field
+        if name is not None and agg.kind in ("sum", "avg", "min", "max"):
+            # The common case, a plain field holding a number: no extra calls.
+            slow = _sum_check(agg.sql) if agg.kind in ("sum", "avg") else _scalar_check(agg.sql)
+
+            def field_value(r: Row) -> Any:
+                v = r.get(name)
+                cls = v.__class__
+                if cls is int or cls is float or v is None:
+                    return v
+                return slow(v)
+
+            return field_value
         if agg.kind in ("sum", "avg"):
             check = _sum_check(agg.sql)
         elif agg.kind == "count":
@@ -404,8 +420,16 @@ class WindowState:
             self._advance(time_ms)
             raise
         late = self._add_group(key, values, time_ms)
-        if self.max_event_ms is None or time_ms > self.max_event_ms:
-            self._advance(time_ms)
+        top = self.max_event_ms
+        if top is None or time_ms > top:
+            self.max_event_ms = time_ms
+            wm = time_ms - self._lateness
+            if self.watermark_ms is None or wm > self.watermark_ms:
+                ends = self._ends
+                if (ends and ends[0][0] <= wm) or self.window.kind == "session":
+                    self._raise_watermark(wm)
+                else:
+                    self.watermark_ms = wm  # nothing to close: the fast path
         if late is not None:
             self.late_events += 1
         return late

@@ -42,7 +42,7 @@ def close(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(events=events, seed=st.integers(0, 2**32 - 1))
 def test_tumbling_windows_equal_sqlite_group_by_over_the_same_events(
     events: list[tuple[int, str | None, Any]], seed: int
