@@ -107,12 +107,7 @@ async function refreshTopics() {
     tr.dataset.topic = t.name;
     const name = document.createElement("th");
     name.scope = "row";
-    const button = text("button", "", { type: "button", class: "link", "aria-label": `Tail ${t.name}` });
-    // Long snake_case names may break after an underscore on a narrow screen.
-    t.name.split(/(?<=_)/).forEach((part, i) => {
-      if (i) button.append(document.createElement("wbr"));
-      button.append(part);
-    });
+    const button = text("button", t.name, { type: "button", class: "link", "aria-label": `Tail ${t.name}` });
     button.addEventListener("click", () => {
       $("#tail-topic").value = t.name;
       startTail();
@@ -423,7 +418,7 @@ $("#chart-form").addEventListener("submit", (e) => e.preventDefault());
 async function refreshErrors() {
   let letters;
   try {
-    letters = (await api("/api/dead-letters?limit=20")).dead_letters;
+    letters = (await api("/api/dead-letters?limit=10")).dead_letters;
   } catch (e) {
     $("#errors-status").textContent = `Could not load dead letters: ${e.message}`;
     return;
