@@ -126,7 +126,7 @@ async function refreshTopics() {
       text("td", t.kind, { class: "kind" }),
       text("td", String(t.last_offset), { class: "num" }),
       rate,
-      text("td", String(t.subscribers), { class: "num" }),
+      text("td", String(t.subscribers), { class: "num subs" }),
     );
     rows.push(tr);
   }
@@ -375,7 +375,9 @@ function renderChart() {
     if (!chart.colors.has(name)) chart.colors.set(name, PALETTE[chart.colors.size % PALETTE.length]);
     return { name, color: chart.colors.get(name), points };
   });
-  drawLineChart(svg, list);
+  // Drawn at the size it is shown, so that its text stays legible on a phone.
+  const width = Math.max(280, Math.round(svg.clientWidth || 640));
+  drawLineChart(svg, list, { width, height: Math.round(Math.min(300, Math.max(200, width * 0.45))) });
   svg.dataset.windows = String(keep.size);
   svg.dataset.points = String(list.reduce((n, s) => n + s.points.length, 0));
   $("#chart-legend").replaceChildren(
@@ -412,6 +414,14 @@ $("#chart-metric").addEventListener("change", (e) => {
   renderChart();
 });
 $("#chart-form").addEventListener("submit", (e) => e.preventDefault());
+let lastChartWidth = 0;
+new ResizeObserver(() => {
+  const width = $("#chart-svg").clientWidth;
+  if (chart.query && Math.abs(width - lastChartWidth) > 8) {
+    lastChartWidth = width;
+    renderChart();
+  }
+}).observe($("#chart-svg"));
 
 // -- dead letters ---------------------------------------------------------------------
 
