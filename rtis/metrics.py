@@ -280,7 +280,8 @@ class _RtisCollector(Collector):
             (
                 CounterMetricFamily(
                     "rtis_query_windows_emitted",
-                    "Windows closed and emitted (windowed queries).",
+                    "Window rows emitted by windowed queries: one per closed window with "
+                    "emit = final, one per update with emit = changes.",
                     labels=labels,
                 ),
                 ("windows_emitted", "windows", "windows_closed"),
@@ -305,7 +306,10 @@ class _RtisCollector(Collector):
                         fam.add_metric([r.name], value)
                         break
                 else:
-                    fam.add_metric([r.name], 0)
+                    windowed = fam.name == "rtis_query_windows_emitted" and getattr(
+                        r, "windowed", False
+                    )
+                    fam.add_metric([r.name], stats.emitted if windowed else 0)
         yield behind
         for fam, _ in families:
             yield fam

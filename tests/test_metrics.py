@@ -166,3 +166,24 @@ async def test_every_rtis_metric_is_documented_in_operations_md(start: ClientFac
     doc = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
     missing = sorted(name for name in families if name not in doc)
     assert not missing, f"docs/operations.md does not describe {missing}"
+
+
+async def test_a_windowed_query_reports_its_emitted_windows_and_late_events(
+    start: ClientFactory,
+) -> None:
+    client = await start(
+        streams={"s": {"time_field": "ts"}},
+        queries={
+            "w": {"sql": "SELECT count(*) AS n FROM s GROUP BY TUMBLE(ts, INTERVAL '1' SECOND)"}
+        },
+    )
+    # two windows close when ts=12 arrives; ts=10.5 is then late (lateness 0)
+    events = [{"ts": 10.1}, {"ts": 11.2}, {"ts": 12.3}, {"ts": 10.5}]
+    for e in events:
+        assert (await client.post("/events/s", json=e)).status == 202
+    deadline = time.monotonic() + 10
+    while value(m := await scrape(client), "rtis_query_processed_total", query="w") < 4:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    assert value(m, "rtis_query_windows_emitted_total", query="w") == 2
+    assert value(m, "rtis_query_late_events_total", query="w") == 1
