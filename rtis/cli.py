@@ -157,6 +157,11 @@ def _check(config: Config) -> int:
     print(f"{config.path or '(embedded default)'}: ok")
     print(f"  database: {config.database_path()} (durability {config.server.durability})")
     print(f"  listen:   {config.server.host}:{config.server.port}")
+    if config.auth is None:
+        print("  auth:     none (serves on loopback only)")
+    else:
+        algorithms = ", ".join(config.auth.jwt.algorithms()) if config.auth.jwt else "none"
+        print(f"  auth:     {len(config.auth.keys)} API keys; JWT: {algorithms}")
     for name, s in config.streams.items():
         extras = [
             f"{k}={v}" for k, v in (("time_field", s.time_field), ("dedupe_key", s.dedupe_key)) if v
