@@ -36,7 +36,8 @@ from .store import Committed, Message, Store, Txn
 
 log = logging.getLogger("rtis.pipeline")
 
-PAGE = 1000  # source messages read from the log per catch-up step
+PAGE = 5000  # source messages read from the log per catch-up step
+COALESCE = 10_000  # most source messages processed (and committed) in one step
 MAX_QUEUED_MESSAGES = 50_000  # per query; past it the query catches up from the log
 RETRY_DELAY = 1.0  # seconds before a failed query runner retries
 RESERVED_TABLES = frozenset({"topics", "messages", "dead_letters", "checkpoints", "events"})
@@ -224,7 +225,24 @@ class QueryRunner:
                     continue
                 if messages[0].offset <= self.position:
                     messages = [m for m in messages if m.offset > self.position]
-                await self._process(messages)
+                await self._process(self._coalesce(messages))
+
+    def _coalesce(self, messages: list[Message]) -> list[Message]:
+        """Add the batches queued right behind ``messages`` that follow on, so
+        that what piled up during the last commit is processed and committed
+        in one go: under load the batches grow by themselves."""
+        queue = self._queue
+        if not queue:
+            return messages
+        merged = list(messages)
+        while queue and len(merged) < COALESCE:
+            nxt = queue[0]
+            if isinstance(nxt, _CatchUp) or nxt.messages[0].offset != merged[-1].offset + 1:
+                break
+            queue.popleft()
+            self._queued -= len(nxt.messages)
+            merged.extend(nxt.messages)
+        return merged
 
     async def _catch_up(self) -> None:
         """Read the log from the checkpoint until there is nothing more."""
