@@ -32,7 +32,7 @@ import orjson
 
 from .config import Config
 from .errors import ConfigError
-from .store import Committed, Message, Store, Txn
+from .store import Committed, Message, Store, Txn, insert_rows
 
 log = logging.getLogger("rtis.pipeline")
 
@@ -137,10 +137,8 @@ class QueryRunner:
         self._columns: tuple[str, ...] = (
             ("data", *query.columns) if query.select_star else tuple(query.columns)
         )
-        self._insert_sql = "INSERT INTO {} (offset, time_ms{}) SELECT {} FROM json_each(?)".format(
-            quote(self.name),
-            "".join(", " + quote(c) for c in self._columns),
-            ", ".join(f"value ->> {i}" for i in range(2 + len(self._columns))),
+        self._insert_sql = "INSERT INTO {} (offset, time_ms{}) VALUES ".format(
+            quote(self.name), "".join(", " + quote(c) for c in self._columns)
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -285,21 +283,18 @@ class QueryRunner:
         """Outputs, dead letters and the checkpoint: one transaction (writer thread)."""
         if outputs:
             offsets = txn.append_many(self.name, [(t, None, data) for t, _, data in outputs])
-            # One statement for all rows, as the store does for messages. The
-            # values go through JSON: SQLite's ->> gives objects and arrays back
-            # as JSON text, and every output already passed orjson.dumps.
             extra = self.query.columns
             if self.query.select_star:
                 rows = [
-                    [o, t, orjson.Fragment(data), *[out[c] for c in extra]]
+                    (o, t, data.decode(), *[sql_value(out[c]) for c in extra])
                     for o, (t, out, data) in zip(offsets, outputs, strict=True)
                 ]
             else:
                 rows = [
-                    [o, t, *[out[c] for c in extra]]
+                    (o, t, *[sql_value(out[c]) for c in extra])
                     for o, (t, out, _) in zip(offsets, outputs, strict=True)
                 ]
-            txn.conn.execute(self._insert_sql, (orjson.dumps(rows),))
+            insert_rows(txn.conn, self._insert_sql, 2 + len(self._columns), rows)
         for m, reason in failures:
             txn.dead_letter(self.source, self.name, reason, None, m.data)
         txn.conn.execute("UPDATE checkpoints SET offset = ? WHERE query = ?", (last, self.name))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
@@ -79,10 +80,39 @@ CREATE VIEW IF NOT EXISTS events AS
     FROM messages m JOIN topics t ON t.id = m.topic_id;
 """
 
-INSERT_MESSAGES = """
-INSERT INTO messages (topic_id, offset, time_ms, key, data)
-SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 FROM json_each(?)
-"""
+INSERT_MESSAGES = "INSERT INTO messages (topic_id, offset, time_ms, key, data) VALUES "
+MAX_SQL_VARIABLES = 32_000  # SQLite's default limit is 32,766 bound parameters
+
+
+def insert_rows(
+    conn: sqlite3.Connection, head: str, ncols: int, rows: Sequence[Sequence[Any]]
+) -> None:
+    """``head`` + ``(?, ...), (?, ...), ...``: insert ``rows`` with a few
+    multi-row statements rather than ``executemany``.
+
+    ``executemany`` steps once per row, giving up and re-taking the GIL each
+    time; with a busy event loop every re-take can wait a switch interval,
+    which made the writer the bottleneck. Chunks of fixed sizes keep the
+    number of distinct statements (and so re-preparations) small.
+    """
+    big = max(1, min(1000, MAX_SQL_VARIABLES // ncols))
+    i, n = 0, len(rows)
+    for size in (big, 100, 10, 1):
+        if size > big:
+            continue
+        if n - i < size:
+            continue
+        sql = _multi_row_sql(head, ncols, size)
+        while n - i >= size:
+            conn.execute(sql, [v for row in rows[i : i + size] for v in row])
+            i += size
+
+
+@functools.lru_cache(maxsize=256)
+def _multi_row_sql(head: str, ncols: int, size: int) -> str:
+    one = "(" + ", ".join("?" * ncols) + ")"
+    return head + ", ".join([one] * size)
+
 
 # How many events one transaction takes at most; more pending work waits for
 # the next transaction. Big enough that an fsync is amortised, small enough
@@ -234,10 +264,7 @@ class Txn:
         """Write what was appended so far (still inside the transaction)."""
         conn = self.conn
         if self._rows:
-            # One statement for all rows (json_each unpacks them inside SQLite),
-            # rather than executemany's one step per row, each of which gives up
-            # and re-takes the GIL: under load that was the writer's bottleneck.
-            conn.execute(INSERT_MESSAGES, (orjson.dumps(self._rows),))
+            insert_rows(conn, INSERT_MESSAGES, 5, self._rows)
             conn.executemany(
                 "UPDATE topics SET last_offset = ? WHERE name = ?",
                 [(self._store._last_offsets[t], t) for t in self._before],
