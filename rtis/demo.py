@@ -29,7 +29,8 @@ import orjson
 
 log = logging.getLogger("rtis.demo")
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "farm-supply" / "config.toml"
+# examples/farm-supply at the repo root, packaged through the rtis/examples symlink
+EXAMPLE = Path(__file__).resolve().parent / "examples" / "farm-supply" / "config.toml"
 
 FARMERS = [
     "Ada Mwangi", "Bruno Silva", "Chen Wei", "Dara Okafor", "Eli Novak", "Fatima Haddad",
