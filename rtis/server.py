@@ -112,8 +112,10 @@ async def post_events(request: web.Request) -> web.Response:
     name = request.match_info["stream"]
     stream: StreamConfig | None = config.streams.get(name)
     if stream is None:
-        known = ", ".join(sorted(config.streams))
-        raise NotFound(f"no stream {name!r} (streams: {known})", code="unknown_stream")
+        # With auth on, naming the other streams would tell a client what its
+        # scopes may not let it see.
+        hint = "" if config.auth is not None else f" (streams: {', '.join(sorted(config.streams))})"
+        raise NotFound(f"no stream {name!r}{hint}", code="unknown_stream")
     limit = config.server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(

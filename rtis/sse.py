@@ -31,6 +31,7 @@ from urllib.parse import quote, unquote
 from aiohttp import web
 
 from .errors import BadRequest, NotFound
+from .http_auth import GUARD
 from .protocol import events_frame, reply
 from .store import Store
 from .ws import MAX_FRAME_BYTES, Filter, Hub, Subscription, catch_up, recovered
@@ -190,10 +191,11 @@ class SseEndpoint:
         known = self.store.topics()
         unknown = [t for t in topics if t not in known]
         if unknown:
-            raise NotFound(
-                f"no topic {unknown[0]!r} (topics: {', '.join(sorted(known)) or 'none'})",
-                code="unknown_topic",
-            )
+            # With auth on, naming the other topics would tell a client what its
+            # scopes may not let it see.
+            secured = request.app[GUARD].auth is not None
+            hint = "" if secured else f" (topics: {', '.join(sorted(known)) or 'none'})"
+            raise NotFound(f"no topic {unknown[0]!r}{hint}", code="unknown_topic")
         since: int | None = None
         raw = request.query.get("since")
         if raw is not None and raw != "":

@@ -576,10 +576,9 @@ class WebSocketEndpoint:
     def _subscribe(self, conn: Connection, cmd: Subscribe) -> None:
         topics = self.store.topics()
         if cmd.topic not in topics:
-            known = ", ".join(sorted(topics)) or "none"
-            conn.send_reply(
-                error_frame("unknown_topic", f"no topic {cmd.topic!r} (topics: {known})", cmd.id)
-            )
+            secured = self.guard is not None and self.guard.auth is not None
+            hint = "" if secured else f" (topics: {', '.join(sorted(topics)) or 'none'})"
+            conn.send_reply(error_frame("unknown_topic", f"no topic {cmd.topic!r}{hint}", cmd.id))
             return
         if cmd.topic in conn.subscriptions:
             conn.send_reply(

@@ -255,6 +255,24 @@ async def test_the_topic_list_shows_only_topics_the_caller_may_see(start: Client
     assert (await client.get("/api/topics")).status == 401
 
 
+async def test_with_auth_on_unknown_names_are_not_answered_with_the_list_of_topics(
+    start: ClientFactory,
+) -> None:
+    client = await secured(start)
+    headers = bearer(token(scope="publish:* subscribe:*"))
+    status, body, _ = await post(client, headers, stream="orderz")
+    assert status == 404
+    assert "audit" not in body["error"]["message"] and "orders" not in body["error"]["message"]
+    resp = await client.get("/sse?topic=orderz", headers=headers)
+    assert resp.status == 404
+    assert "audit" not in (await resp.json())["error"]["message"]
+    ws = await client.ws_connect("/ws", headers=headers)
+    await ws.send_json({"op": "subscribe", "topic": "orderz"})
+    frame = await ws.receive_json(timeout=5)
+    assert frame["code"] == "unknown_topic" and "audit" not in frame["message"]
+    await ws.close()
+
+
 async def test_a_route_with_no_rule_needs_admin(start: ClientFactory) -> None:
     from aiohttp import web
 
