@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable
 from urllib.parse import quote, unquote
 
@@ -34,7 +33,7 @@ from .errors import BadRequest, NotFound
 from .http_auth import GUARD
 from .protocol import events_frame, reply
 from .store import Store
-from .ws import MAX_FRAME_BYTES, Filter, Hub, Subscription, catch_up, recovered
+from .ws import Filter, Hub, SendQueue, Subscription, catch_up, recovered
 
 log = logging.getLogger("rtis.sse")
 
@@ -88,68 +87,48 @@ class SseStream:
     def __init__(self, max_queued: int, on_too_slow: Callable[[], None]) -> None:
         self.max_queued = max_queued
         self._on_too_slow = on_too_slow
-        # (topic JSON or None for a reply, frame chunk, message count, cursor offset)
-        self._queue: deque[tuple[bytes | None, bytes, int, int]] = deque()
-        self.queued = 0
-        self.wakeup = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        # Each events item is tagged with its subscription's offset, for the cursor.
+        self.out = SendQueue(max_queued)
         self.closing = False
         self.subs: dict[bytes, Subscription] = {}  # by topic JSON
         self.cursor: dict[str, int] = {}  # what the client has once it got what was written
 
+    @property
+    def wakeup(self) -> asyncio.Event:
+        return self.out.wakeup
+
     def send_reply(self, frame: bytes) -> None:
         if not self.closing:
-            self._queue.append((None, frame, 0, 0))
-            self.wakeup.set()
+            self.out.put_reply(frame)
 
     def send_events(self, topic_json: bytes, chunk: bytes, count: int) -> None:
         if self.closing:
             return
-        if self.queued + count > self.max_queued:
+        # The subscription's last_sent already accounts for this chunk (ws.Sink).
+        if not self.out.put_events(topic_json, chunk, count, self.subs[topic_json].last_sent):
             log.info("SSE client too slow: more than %d messages waiting", self.max_queued)
             self.close()
             self._on_too_slow()
-            return
-        # The subscription's last_sent already accounts for this chunk (ws.Sink).
-        self._queue.append((topic_json, chunk, count, self.subs[topic_json].last_sent))
-        self.queued += count
-        if self.queued * 2 > self.max_queued:
-            self._room.clear()
-        self.wakeup.set()
 
     async def send_history(self, topic_json: bytes, chunk: bytes, count: int) -> None:
-        while not self._room.is_set() and not self.closing:
-            await self._room.wait()
+        await self.out.wait_for_room()
         self.send_events(topic_json, chunk, count)
 
     def close(self) -> None:
         self.closing = True
-        self._queue.clear()
-        self._room.set()
-        self.wakeup.set()
+        self.out.close()
 
     def next_event(self) -> bytes:
         """Pop the next reply, or coalesce waiting events of one topic into one event."""
-        topic_json, chunk, count, offset = self._queue.popleft()
+        topic_json, chunks, count, offset = self.out.pop()
         if topic_json is None:
-            return sse_event(chunk, format_cursor(self.cursor))
-        chunks = [chunk]
-        size = len(chunk)
-        queue = self._queue
-        while queue and queue[0][0] == topic_json and size < MAX_FRAME_BYTES:
-            _, c, n, offset = queue.popleft()
-            chunks.append(c)
-            size += len(c)
-            count += n
-        self.queued -= count
-        if self.queued * 2 <= self.max_queued:
-            self._room.set()
+            return sse_event(chunks[0], format_cursor(self.cursor))
+        self.out.sent(count)
         self.cursor[self.subs[topic_json].topic] = offset
         return sse_event(events_frame(topic_json, chunks), format_cursor(self.cursor))
 
     def pending(self) -> bool:
-        return bool(self._queue)
+        return bool(self.out)
 
 
 # -- the endpoint ----------------------------------------------------------------

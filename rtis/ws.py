@@ -74,6 +74,81 @@ class SendTotals:
         self.slow_closes = 0  # closed with 4408
 
 
+class SendQueue:
+    """One client's bounded queue of outgoing frames, shared by ``/ws`` and ``/sse``.
+
+    Items are replies (sent alone) and chunks of serialised messages of a topic;
+    :meth:`pop` coalesces consecutive chunks of one topic into one frame. A put
+    never blocks: :meth:`put_events` refuses (returns False) once more than
+    ``max_queued`` messages would be waiting, and the caller cuts the client
+    off. History is queued with :meth:`wait_for_room` first, which waits until
+    the queue is at most half full.
+    """
+
+    def __init__(self, max_queued: int) -> None:
+        self.max_queued = max_queued
+        # (topic JSON, or None for a reply; chunk; message count; the sink's tag)
+        self._items: deque[tuple[bytes | None, bytes, int, int]] = deque()
+        self.queued = 0  # messages waiting (popped but not yet sent included)
+        self.wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self.closed = False
+
+    def __bool__(self) -> bool:
+        return bool(self._items)
+
+    def put_reply(self, frame: bytes) -> None:
+        if not self.closed:
+            self._items.append((None, frame, 0, 0))
+            self.wakeup.set()
+
+    def put_events(self, topic_json: bytes, chunk: bytes, count: int, tag: int = 0) -> bool:
+        if self.closed:
+            return True
+        if self.queued + count > self.max_queued:
+            return False
+        self._items.append((topic_json, chunk, count, tag))
+        self.queued += count
+        if self.queued * 2 > self.max_queued:
+            self._room.clear()
+        self.wakeup.set()
+        return True
+
+    async def wait_for_room(self) -> None:
+        while not self._room.is_set() and not self.closed:
+            await self._room.wait()
+
+    def pop(self) -> tuple[bytes | None, list[bytes], int, int]:
+        """The next reply ``(None, [frame], 0, 0)``, or ``(topic_json, chunks,
+        count, last tag)`` for consecutive chunks of one topic, up to about
+        MAX_FRAME_BYTES. Call :meth:`sent` with ``count`` once it is out."""
+        topic_json, chunk, count, tag = self._items.popleft()
+        chunks = [chunk]
+        if topic_json is None:
+            return None, chunks, 0, 0
+        size = len(chunk)
+        items = self._items
+        while items and items[0][0] == topic_json and size < MAX_FRAME_BYTES:
+            _, c, n, tag = items.popleft()
+            chunks.append(c)
+            size += len(c)
+            count += n
+        return topic_json, chunks, count, tag
+
+    def sent(self, count: int) -> None:
+        self.queued -= count
+        if self.queued * 2 <= self.max_queued:
+            self._room.set()
+
+    def close(self) -> None:
+        """Drop what is waiting and wake every waiter; later puts are ignored."""
+        self.closed = True
+        self._items.clear()
+        self._room.set()
+        self.wakeup.set()
+
+
 class Connection:
     """One client connection's send side: a bounded queue and a sender task."""
 
@@ -82,12 +157,7 @@ class Connection:
     ) -> None:
         self.ws = ws
         self.max_queued = max_queued
-        # items: (topic_json, chunk, count) for events, or (None, frame, 0) for replies
-        self._queue: deque[tuple[bytes | None, bytes, int]] = deque()
-        self.queued = 0  # messages waiting
-        self._wakeup = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
+        self.out = SendQueue(max_queued)
         self.closing = False
         self.subscriptions: dict[str, Subscription] = {}
         self.frames_sent = 0
@@ -103,53 +173,46 @@ class Connection:
     # -- enqueueing (never blocks) ---------------------------------------------
 
     def send_reply(self, frame: bytes) -> None:
-        if self.closing:
-            return
-        self._queue.append((None, frame, 0))
-        self._wakeup.set()
+        if not self.closing:
+            self.out.put_reply(frame)
 
     def send_events(self, topic_json: bytes, chunk: bytes, count: int) -> None:
         """Queue ``count`` messages; close the connection (4408) if it is too far behind."""
-        if self.closing:
-            return
-        if self.queued + count > self.max_queued:
+        if not self.closing and not self.out.put_events(topic_json, chunk, count):
             self.close_soon(
                 CLOSE_TOO_SLOW,
                 f"too slow: more than {self.max_queued} messages waiting; resume with since",
             )
-            return
-        self._queue.append((topic_json, chunk, count))
-        self.queued += count
-        if self.queued * 2 > self.max_queued:
-            self._room.clear()
-        self._wakeup.set()
 
     async def send_history(self, topic_json: bytes, chunk: bytes, count: int) -> None:
         """Queue history, first waiting until the queue is at most half full."""
-        while not self._room.is_set() and not self.closing:
-            await self._room.wait()
+        await self.out.wait_for_room()
         self.send_events(topic_json, chunk, count)
+
+    @property
+    def queued(self) -> int:
+        return self.out.queued
 
     # -- the sender task ---------------------------------------------------------
 
     async def _send_loop(self) -> None:
         ws = self.ws
+        out = self.out
         totals = self.totals
         try:
             while True:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                while self._queue:
-                    frame, count = self._next_frame()
+                await out.wakeup.wait()
+                out.wakeup.clear()
+                while out:
+                    topic_json, chunks, count, _ = out.pop()
+                    frame = chunks[0] if topic_json is None else events_frame(topic_json, chunks)
                     await ws.send_frame(frame, WSMsgType.TEXT)
                     self.frames_sent += 1
                     self.messages_sent += count
                     totals.frames += 1
                     totals.messages += count
                     if count:
-                        self.queued -= count
-                        if self.queued * 2 <= self.max_queued:
-                            self._room.set()
+                        out.sent(count)
         except asyncio.CancelledError:
             pass
         except Exception as e:  # the peer went away or the socket broke
@@ -157,22 +220,7 @@ class Connection:
             self.close_soon(1011, "send failed")
         finally:
             self.closing = True
-            self._room.set()
-
-    def _next_frame(self) -> tuple[bytes, int]:
-        """Pop the next reply, or coalesce consecutive events of one topic into one frame."""
-        topic_json, chunk, count = self._queue.popleft()
-        if topic_json is None:
-            return chunk, 0
-        chunks = [chunk]
-        size = len(chunk)
-        queue = self._queue
-        while queue and queue[0][0] == topic_json and size < MAX_FRAME_BYTES:
-            _, c, n = queue.popleft()
-            chunks.append(c)
-            size += len(c)
-            count += n
-        return events_frame(topic_json, chunks), count
+            out.close()
 
     # -- closing -----------------------------------------------------------------
 
@@ -184,8 +232,7 @@ class Connection:
         self.close_code = code
         if code == CLOSE_TOO_SLOW:
             self.totals.slow_closes += 1
-        self._room.set()
-        self._queue.clear()
+        self.out.close()
         self._close_task = asyncio.get_running_loop().create_task(self.close(code, message))
 
     async def close(self, code: int, message: str) -> None:
@@ -471,7 +518,7 @@ class WebSocketEndpoint:
 
     async def _flush_then_close(self, conn: Connection, code: int, message: str) -> None:
         for _ in range(20):
-            if not conn._queue:
+            if not conn.out:
                 break
             await asyncio.sleep(0.005)
         await conn.close(code, message)
