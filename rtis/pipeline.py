@@ -604,5 +604,3 @@ class Pipeline:
     def running(self) -> bool:
         return all(r.task is not None and not r.task.done() for r in self.runners)
 
-
-OnCommit = Callable[[list[Committed]], None]
